@@ -1,0 +1,29 @@
+# The two quick-start commands of README.md, and the helpers they stand on.
+# Every target installs what it needs into .venv first (scripts/install.sh is idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TEST_EXTRAS := dev,vizdoom,miniworld,procgen,cluster
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install install-dev quickstart test lint bench
+
+install:
+	VENV=$(VENV) scripts/install.sh
+
+install-dev:
+	VENV=$(VENV) scripts/install.sh $(TEST_EXTRAS)
+
+## Quick start 1: a short RISE training run on Atari Pong with the recipe's defaults.
+quickstart: install
+	$(PY) recipes/atari.py preset=quickstart
+
+## Quick start 2: the test suite (what CI runs).
+test: install-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install-dev
+	$(PY) benchmarks/run_all.py

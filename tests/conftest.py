@@ -1,0 +1,48 @@
+"""Test-wide setup: deterministic, CPU-only, quiet and small."""
+
+from __future__ import annotations
+
+import os
+import random
+
+# Before anything imports torch or a simulator.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("PYGLET_HEADLESS", "true")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    """Seed every RNG and keep each test to one thread (xdist runs one worker per core)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``slow`` tests unless asked for with ``-m slow`` (or ``-m "slow or not slow"``)."""
+    markexpr = config.getoption("-m") or ""
+    if "slow" in markexpr:
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
