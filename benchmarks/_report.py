@@ -1,0 +1,100 @@
+"""Shared plumbing for benchmark scripts: machine description, medians, and writing one section of
+docs/benchmarks.md without touching the others (each script owns the section named after it)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+_HEADER = """# Benchmarks
+
+Figures written by the scripts in `benchmarks/` (`make bench` runs them all). Each section names the
+command that produced it and the machine it ran on. Times are medians over repeats; comparisons are
+ratios measured in the same run. These machines are shared, so absolute figures move by 10-30% between
+runs; the ratios are steadier.
+"""
+
+
+def machine_description() -> str:
+    """One line naming the CPU/GPU, core count and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    import torchrl
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, torchrl "
+        f"{torchrl.__version__}, {torch.get_num_threads()} torch threads"
+    )
+
+
+def median_time(fn: Callable[[], object], *, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_section(name: str, title: str, body: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section ``name`` of docs/benchmarks.md.
+
+    The section is stamped with the command, the machine and the date; other sections are kept.
+    """
+    stamp = (
+        f"Command: `{command_line()}` (commit {git_revision()}, {time.strftime('%Y-%m-%d')})\n\n"
+        f"Machine: {machine_description()}\n\n"
+    )
+    section = f"<!-- BEGIN {name} -->\n## {title}\n\n{stamp}{body.strip()}\n<!-- END {name} -->\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else _HEADER
+        pattern = re.compile(
+            rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S
+        )
+        if pattern.search(text):
+            text = pattern.sub(lambda _: section, text)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        path.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
