@@ -22,7 +22,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -qq)
 spec="."
 if [ -n "$extras" ]; then spec=".[$extras]"; fi
 echo "installing torchrl_rise${extras:+ with extras [$extras]} into $venv (first time: a few minutes, ~6 GB)" >&2
