@@ -1,0 +1,852 @@
+"""Context-window replay: every env step stored once, frame stacks and embedding windows built at
+sample time.
+
+Layout. The storage is one TorchRL :class:`~torchrl.data.LazyMemmapStorage` of
+``num_envs * lane_capacity`` records. Env ``e`` owns the contiguous *lane* of slots
+``[e * L, (e + 1) * L)`` and writes it as a ring: the record with lane step ``s`` (the number of
+records the lane had written before it) lives in slot ``e * L + s % L``. A record holds the newest
+frame of the observation (uint8 ``[C, H, W]``), its frozen embedding, the action taken, the reward,
+the termination/truncation flags, and three integers of bookkeeping: the episode id, the lane step
+and the episode step (records since the episode's first observation). When an episode ends, the
+observation it ended in (``("next", pixels)`` at the done step) is written as one extra *final*
+record, so the bootstrap state of a truncated episode exists; final records are never sampled.
+
+Validity is arithmetic. Within a lane, the record ``k`` steps before lane step ``s`` belongs to the
+same episode iff ``k <= episode_step[s]``, and is still stored iff ``s - k >= lane_next - L`` (older
+records were overwritten). Windows and frame stacks therefore never cross an episode start, the
+ring's write seam or another env's lane, and no window ever needs to read the flags of the records
+it spans.
+
+Readiness. A step record is *ready* (sampleable) when its n-step future is written (``n`` more
+records of its episode, or the episode's final record) and the ``S - 1`` frames of its stack are
+still stored. Readiness is kept in TorchRL's prioritized sampler: a slot that is not ready has weight
+zero. The embedding windows of the oldest records of a lane may be cut by the seam; their masks say
+so (the learner sees a shorter context, as at the start of an episode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
+from torchrl.data import LazyMemmapStorage
+
+from torchrl_rise import keys
+from torchrl_rise.replay.sampler import ReadinessSampler
+
+__all__ = ["InsufficientDiskSpaceError", "RiseReplayBuffer"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_FILE = "rise_replay_state.pt"
+_STATE_VERSION = 1
+# Bytes of disk headroom kept free on top of the buffer's own needs.
+_DISK_MARGIN = 1.02
+
+
+class InsufficientDiskSpaceError(OSError):
+    """The memmap directory cannot hold the requested capacity."""
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _as_key(key: NestedKey) -> NestedKey:
+    if isinstance(key, str):
+        return key
+    key = tuple(key)
+    return key[0] if len(key) == 1 else key
+
+
+def _next(key: NestedKey) -> tuple[str, ...]:
+    return ("next", *((key,) if isinstance(key, str) else key))
+
+
+class RiseReplayBuffer:
+    """Replay buffer that stores each env step once and assembles windows at sample time.
+
+    Each sampled transition comes with the frame stack and the embedding window of length ``K``
+    at ``t`` and at the bootstrap step ``t + m`` (``m <= n`` steps actually taken: fewer when the
+    episode ends), the n-step discounted return and the discount of the bootstrap value
+    (``gamma ** m``, zero after termination; truncation bootstraps). Prioritized replay (TorchRL's
+    segment trees) or uniform sampling; checkpoint/resume through :meth:`dumps`/:meth:`loads`.
+
+    ``extend`` takes collector output laid out ``[num_envs, T]`` (time last, as TorchRL collectors
+    over a batched env produce it), ``[T]`` when ``num_envs == 1`` or ``[num_envs]`` (one vector
+    step). Each call must hold consecutive steps of every env. Keys read: ``pixels``
+    (uint8 ``[S * C, H, W]``; only the newest frame ``pixels[-C:]`` is stored), ``rise_embedding``
+    (when embeddings are on), ``action`` (integer index), ``("next", "reward")``,
+    ``("next", "terminated")``/``("next", "truncated")`` (or ``("next", "done")`` alone, read as
+    termination), and at done steps ``("next", "pixels")``/``("next", "rise_embedding")``: the
+    episode's final observation.
+
+    Samples hold, per transition: ``pixels`` ``[S * C, H, W]``, ``rise_context`` ``[K, D]``,
+    ``rise_context_mask`` ``[K]``, ``action`` ``[]``, the same three observation keys under
+    ``"next"`` for the bootstrap state, ``("next", "reward")`` (n-step return), ``("next",
+    "discount")``, ``("next", "terminated"/"truncated"/"done")`` (``[1]`` each),
+    ``steps_to_next_obs`` ``[1]`` (``m``), ``index`` (the slot; pass it back with priorities) and
+    ``_weight`` (the PER importance weight, 1 when uniform). Without embeddings
+    (``context_length=0`` or ``embedding_key=None``) the context keys are absent.
+
+    Args:
+        capacity: number of records (steps plus one final observation per episode) in total;
+            split into ``num_envs`` lanes of ``capacity // num_envs``.
+        num_envs: number of envs (lanes) written side by side.
+
+    Keyword Args:
+        frame_shape: ``(C, H, W)`` of one frame.
+        frame_stack: ``S``, the frames stacked in ``pixels``.
+        embedding_dim: ``D``.
+        context_length: ``K``; 0 stores no embeddings.
+        n_step: ``n`` of the n-step return.
+        gamma: discount factor.
+        prioritized: PER (``True``) or uniform sampling.
+        alpha: PER priority exponent (BTR: 0.2).
+        beta: PER importance-sampling exponent; settable through :attr:`beta` for annealing.
+        eps: added to priorities before the exponent.
+        batch_size: default batch size of :meth:`sample`.
+        scratch_dir: directory of the memmap files (a temporary directory if ``None``).
+        embedding_dtype: dtype embeddings are stored and returned in.
+        reward_clip: if set, each per-step reward is clipped to ``[-reward_clip, reward_clip]``
+            before the n-step sum (the stored rewards stay raw).
+        pixels_key, embedding_key, action_key, reward_key, terminated_key, truncated_key,
+        done_key: the keys read by :meth:`extend` (the ``"next"`` ones are read under ``"next"``).
+            ``embedding_key=None`` turns embeddings off.
+        context_key, context_mask_key: the window keys written by :meth:`sample`.
+        priority_key: the key :meth:`update_tensordict_priority` reads.
+        seed: seed of the buffer's sampling generator (drawn from torch's global RNG if ``None``).
+        check_disk: check up front that ``scratch_dir`` has room for the whole capacity.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> rb = RiseReplayBuffer(64, num_envs=2, frame_shape=(1, 8, 8), frame_stack=4,
+        ...                       embedding_dim=16, context_length=5, n_step=3, batch_size=4)
+        >>> T = 10
+        >>> td = TensorDict({
+        ...     "pixels": torch.randint(0, 255, (2, T, 4, 8, 8), dtype=torch.uint8),
+        ...     "rise_embedding": torch.randn(2, T, 16).half(),
+        ...     "action": torch.randint(0, 6, (2, T)),
+        ...     ("next", "reward"): torch.randn(2, T, 1),
+        ...     ("next", "terminated"): torch.zeros(2, T, 1, dtype=torch.bool),
+        ...     ("next", "truncated"): torch.zeros(2, T, 1, dtype=torch.bool),
+        ...     ("next", "pixels"): torch.randint(0, 255, (2, T, 4, 8, 8), dtype=torch.uint8),
+        ...     ("next", "rise_embedding"): torch.randn(2, T, 16).half(),
+        ... }, batch_size=[2, T])
+        >>> rb.extend(td)
+        >>> len(rb)  # the last n steps of each env wait for their n-step future
+        14
+        >>> batch = rb.sample()
+        >>> batch["pixels"].shape, batch["next", "rise_context"].shape
+        (torch.Size([4, 4, 8, 8]), torch.Size([4, 5, 16]))
+        >>> batch["td_error"] = torch.rand(4)
+        >>> rb.update_tensordict_priority(batch)
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int = 1,
+        *,
+        frame_shape: Sequence[int] = (1, 84, 84),
+        frame_stack: int = 4,
+        embedding_dim: int = 512,
+        context_length: int = 80,
+        n_step: int = 3,
+        gamma: float = 0.997,
+        prioritized: bool = True,
+        alpha: float = 0.2,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+        batch_size: int = 256,
+        scratch_dir: str | Path | None = None,
+        embedding_dtype: torch.dtype = torch.float16,
+        reward_clip: float | None = None,
+        pixels_key: NestedKey = keys.PIXELS,
+        embedding_key: NestedKey | None = keys.EMBEDDING,
+        action_key: NestedKey = keys.ACTION,
+        reward_key: NestedKey = keys.REWARD,
+        terminated_key: NestedKey = keys.TERMINATED,
+        truncated_key: NestedKey = keys.TRUNCATED,
+        done_key: NestedKey = keys.DONE,
+        context_key: NestedKey = keys.CONTEXT,
+        context_mask_key: NestedKey = keys.CONTEXT_MASK,
+        priority_key: NestedKey = keys.PRIORITY,
+        seed: int | None = None,
+        check_disk: bool = True,
+    ) -> None:
+        frame_shape = tuple(int(x) for x in frame_shape)
+        if len(frame_shape) != 3 or min(frame_shape) < 1:
+            raise ValueError(
+                f"frame_shape must be (C, H, W) with positive sizes, got {frame_shape}."
+            )
+        for name, value, low in (
+            ("capacity", capacity, 1),
+            ("num_envs", num_envs, 1),
+            ("frame_stack", frame_stack, 1),
+            ("n_step", n_step, 1),
+            ("context_length", context_length, 0),
+            ("batch_size", batch_size, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
+        if prioritized and alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}.")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}.")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0 (a zero priority must stay sampleable), got {eps}.")
+        if reward_clip is not None and reward_clip <= 0:
+            raise ValueError(f"reward_clip must be positive or None, got {reward_clip}.")
+        self.lane_capacity = capacity // num_envs
+        min_lane = n_step + frame_stack + 1
+        if self.lane_capacity < min_lane:
+            raise ValueError(
+                f"capacity={capacity} over num_envs={num_envs} leaves {self.lane_capacity} records "
+                f"per env; at least n_step + frame_stack + 1 = {min_lane} are needed. Raise "
+                f"capacity to at least {min_lane * num_envs}."
+            )
+        if capacity % num_envs:
+            logger.warning(
+                "capacity %d is not a multiple of num_envs %d: %d records are left unused.",
+                capacity,
+                num_envs,
+                capacity % num_envs,
+            )
+        self.num_envs = num_envs
+        self.capacity = self.lane_capacity * num_envs
+        self.frame_shape = frame_shape
+        self.frame_stack = frame_stack
+        self.use_embeddings = context_length > 0 and embedding_key is not None
+        self.context_length = context_length if self.use_embeddings else 0
+        self.embedding_dim = int(embedding_dim)
+        if self.use_embeddings and self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}.")
+        self.embedding_dtype = embedding_dtype
+        self.n_step = n_step
+        self.gamma = float(gamma)
+        self.prioritized = bool(prioritized)
+        self.batch_size = batch_size
+        self.reward_clip = reward_clip
+
+        self.pixels_key = _as_key(pixels_key)
+        self.embedding_key = _as_key(embedding_key) if embedding_key is not None else None
+        self.action_key = _as_key(action_key)
+        self.reward_key = _as_key(reward_key)
+        self.terminated_key = _as_key(terminated_key)
+        self.truncated_key = _as_key(truncated_key)
+        self.done_key = _as_key(done_key)
+        self.context_key = _as_key(context_key)
+        self.context_mask_key = _as_key(context_mask_key)
+        self.priority_key = _as_key(priority_key)
+
+        if scratch_dir is None:
+            scratch_dir = tempfile.mkdtemp(prefix="rise_replay_")
+            self._owns_scratch = True
+        else:
+            self._owns_scratch = False
+        self.scratch_dir = Path(scratch_dir).absolute()
+        if check_disk:
+            self._check_disk()
+
+        # One record more than the lanes use: it stays all zeros and pads invalid window entries.
+        self._zero = self.capacity
+        self.storage = LazyMemmapStorage(
+            self.capacity + 1, scratch_dir=self.scratch_dir, auto_cleanup=self._owns_scratch
+        )
+        self.sampler = ReadinessSampler(
+            self.capacity,
+            alpha if self.prioritized else 0.0,
+            beta if self.prioritized else 0.0,
+            eps=eps,
+        )
+        self._generator = torch.Generator()
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        self._generator.manual_seed(seed)
+        self.sampler._rng = self._generator  # TorchRL draws the sampling mass from it.
+
+        E = num_envs
+        self._lane_next = torch.zeros(E, dtype=torch.long)
+        self._episode_open = torch.zeros(E, dtype=torch.bool)
+        self._episode_id = torch.full((E,), -1, dtype=torch.long)
+        self._episode_step = torch.zeros(E, dtype=torch.long)
+        self._next_episode_id = 0
+        self._ready = torch.zeros(self.capacity, dtype=torch.bool)
+        self._num_ready = 0
+        self._fields: dict[str, torch.Tensor] = {}
+        self._lane_base = torch.arange(E, dtype=torch.long) * self.lane_capacity
+        self._gamma_pow = self.gamma ** torch.arange(n_step + 1, dtype=torch.float64)
+
+    # ------------------------------------------------------------------ sizes and settings
+    @property
+    def nbytes_per_transition(self) -> int:
+        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is."""
+        c, h, w = self.frame_shape
+        n = c * h * w  # frame, uint8
+        if self.use_embeddings:
+            n += self.embedding_dim * torch.empty((), dtype=self.embedding_dtype).element_size()
+        n += 8 + 4 + 3  # action int64, reward float32, terminated/truncated/final bool
+        n += 3 * 8  # episode id, lane step, episode step (int64)
+        return n
+
+    @property
+    def beta(self) -> float:
+        """The PER importance-sampling exponent (set it to anneal)."""
+        return self.sampler.beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"beta must be >= 0, got {value}.")
+        if self.prioritized:
+            self.sampler.beta = float(value)
+
+    @property
+    def alpha(self) -> float:
+        """The PER priority exponent (0 when sampling is uniform)."""
+        return self.sampler.alpha
+
+    def __len__(self) -> int:
+        """Number of transitions that can be sampled now."""
+        return self._num_ready
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(capacity={self.capacity}, num_envs={self.num_envs}, "
+            f"frame_shape={self.frame_shape}, frame_stack={self.frame_stack}, "
+            f"context_length={self.context_length}, n_step={self.n_step}, gamma={self.gamma}, "
+            f"prioritized={self.prioritized}, len={len(self)}, scratch_dir={str(self.scratch_dir)!r})"
+        )
+
+    def _check_disk(self) -> None:
+        needed = (self.capacity + 1) * self.nbytes_per_transition
+        existing = 0
+        if self.scratch_dir.exists():
+            existing = sum(f.stat().st_size for f in self.scratch_dir.rglob("*.memmap"))
+        where = _existing_parent(self.scratch_dir)
+        free = shutil.disk_usage(where).free
+        if (needed - existing) * _DISK_MARGIN > free:
+            raise InsufficientDiskSpaceError(
+                f"The replay buffer needs {needed / 2**30:.2f} GiB of memmap storage "
+                f"({self.capacity + 1} records x {self.nbytes_per_transition} bytes) in "
+                f"{str(self.scratch_dir)!r}, but only {free / 2**30:.2f} GiB are free on that disk "
+                f"({str(where)!r}). Point scratch_dir to a disk with more room or lower capacity."
+            )
+
+    # ------------------------------------------------------------------ writing
+    def _lanes_view(self, td: TensorDictBase) -> TensorDictBase:
+        """Reshape collector output to ``[num_envs, T]``."""
+        shape = tuple(td.batch_size)
+        if len(shape) == 2:
+            if shape[0] != self.num_envs:
+                raise ValueError(
+                    f"extend() got a batch of shape {list(shape)}; expected [num_envs, T] with "
+                    f"num_envs={self.num_envs} (TorchRL collectors over a batched env put the env "
+                    f"dim first and time last)."
+                )
+            return td
+        if len(shape) == 1:
+            if self.num_envs == 1:
+                return td.unsqueeze(0)
+            if shape[0] == self.num_envs:
+                return td.unsqueeze(1)
+            raise ValueError(
+                f"extend() got a 1-d batch of {shape[0]} steps, but the buffer has "
+                f"num_envs={self.num_envs} lanes: pass [num_envs, T] (or [num_envs] for one "
+                f"vector step). Flattened collector output cannot be split into envs; keep the "
+                f"collector's [num_envs, T] layout."
+            )
+        raise ValueError(
+            f"extend() expects a batch of [num_envs, T], [T] (num_envs == 1) or [num_envs]; "
+            f"got {list(shape)}."
+        )
+
+    def _read(self, td: TensorDictBase, key: NestedKey, *, required: bool = True) -> Any:
+        value = td.get(key, None)
+        if value is None and required:
+            raise KeyError(
+                f"extend() needs the key {key!r}, which the data does not have (keys: "
+                f"{sorted(map(str, td.keys(True, True)))})."
+            )
+        return value
+
+    def _flag(self, td: TensorDictBase, key: NestedKey, E: int, T: int) -> torch.Tensor | None:
+        value = td.get(_next(key), None)
+        if value is None:
+            return None
+        if value.numel() != E * T:
+            raise ValueError(
+                f"{_next(key)!r} must have one flag per step (shape [..., 1]), got {list(value.shape)}."
+            )
+        return value.reshape(E, T).to(torch.bool)
+
+    def _frames(self, pixels: torch.Tensor, key: NestedKey, E: int, T: int) -> torch.Tensor:
+        c, h, w = self.frame_shape
+        want = (self.frame_stack * c, h, w)
+        if pixels.dtype != torch.uint8:
+            raise TypeError(
+                f"{key!r} must be uint8 frames, got {pixels.dtype}; keep the env's uint8 pixels "
+                f"(scale to float inside the network)."
+            )
+        if tuple(pixels.shape[2:]) != want:
+            raise ValueError(
+                f"{key!r} must have shape [..., S * C, H, W] = [..., {want[0]}, {h}, {w}] "
+                f"(frame_stack={self.frame_stack}, frame_shape={self.frame_shape}); got "
+                f"{list(pixels.shape[2:])}."
+            )
+        return pixels[:, :, -c:]
+
+    def _embeddings(self, emb: torch.Tensor, key: NestedKey) -> torch.Tensor:
+        if emb.shape[-1] != self.embedding_dim or emb.ndim != 3:
+            raise ValueError(
+                f"{key!r} must have shape [..., {self.embedding_dim}] (embedding_dim), got "
+                f"{list(emb.shape[2:])}."
+            )
+        return emb.to(self.embedding_dtype)
+
+    @torch.no_grad()
+    def extend(self, td: TensorDictBase) -> None:
+        """Write consecutive steps of every env (see the class docstring for the layout)."""
+        td = self._lanes_view(td)
+        E, T = td.batch_size
+        if T == 0:
+            return
+        L = self.lane_capacity
+        frame = self._frames(self._read(td, self.pixels_key), self.pixels_key, E, T)
+        action = self._read(td, self.action_key)
+        if action.dtype.is_floating_point or action.dtype == torch.bool:
+            raise TypeError(
+                f"{self.action_key!r} must hold integer action indices (TorchRL Categorical), got "
+                f"{action.dtype}."
+            )
+        if action.numel() != E * T:
+            raise ValueError(
+                f"{self.action_key!r} must be one integer index per step (shape [] or [1]), got "
+                f"shape {list(action.shape[2:])}; one-hot actions are not supported: store "
+                f"action.argmax(-1)."
+            )
+        action = action.reshape(E, T).to(torch.long)
+        reward = self._read(td, _next(self.reward_key))
+        if reward.numel() != E * T:
+            raise ValueError(
+                f"{_next(self.reward_key)!r} must be one scalar per step, got shape "
+                f"{list(reward.shape[2:])}."
+            )
+        reward = reward.reshape(E, T).to(torch.float32)
+        terminated = self._flag(td, self.terminated_key, E, T)
+        truncated = self._flag(td, self.truncated_key, E, T)
+        done = self._flag(td, self.done_key, E, T)
+        if terminated is None and done is None:
+            raise KeyError(
+                f"extend() needs {_next(self.terminated_key)!r} or {_next(self.done_key)!r} to "
+                f"know where episodes end."
+            )
+        if terminated is None:
+            terminated = done
+        if truncated is None:
+            truncated = torch.zeros_like(terminated)
+        if done is not None:
+            # done without terminated is a truncation of some other kind: bootstrap it.
+            truncated = truncated | (done & ~terminated)
+        truncated = truncated & ~terminated
+        end = terminated | truncated
+
+        endi = end.long()
+        t_idx = torch.arange(T)
+        rec_off = t_idx + endi.cumsum(1) - endi  # offset of each step record in this write
+        n_rec = T + endi.sum(1)
+        if int(n_rec.max()) > L:
+            raise ValueError(
+                f"One extend() call writes up to {int(n_rec.max())} records to an env's lane (steps "
+                f"plus final observations), more than its {L} slots; extend in shorter chunks or "
+                f"raise capacity."
+            )
+        start = torch.zeros(E, T, dtype=torch.bool)
+        start[:, 0] = ~self._episode_open
+        start[:, 1:] = end[:, :-1]
+        k = start.long().cumsum(1)
+        n_starts = k[:, -1]
+        id_base = self._next_episode_id + n_starts.cumsum(0) - n_starts
+        episode = torch.where(k == 0, self._episode_id[:, None], id_base[:, None] + k - 1)
+        t_start = torch.where(start, t_idx, -1).cummax(1).values
+        ep_step = torch.where(k == 0, self._episode_step[:, None] + t_idx, t_idx - t_start)
+        lane_step = self._lane_next[:, None] + rec_off
+
+        records = {
+            "frame": frame,
+            "action": action,
+            "reward": reward,
+            "terminated": terminated,
+            "truncated": truncated,
+            "final": torch.zeros(E, T, dtype=torch.bool),
+            "episode": episode,
+            "lane_step": lane_step,
+            "episode_step": ep_step,
+        }
+        if self.use_embeddings:
+            records["embedding"] = self._embeddings(
+                self._read(td, self.embedding_key), self.embedding_key
+            )
+        slot = self._lane_base[:, None] + lane_step % L
+        index = [slot.reshape(-1)]
+        data = {name: value.reshape(E * T, *value.shape[2:]) for name, value in records.items()}
+        if bool(end.any()):
+            # The observation each finished episode ended in: one extra record, never sampled.
+            final_frame = self._frames(
+                self._read(td, _next(self.pixels_key)), _next(self.pixels_key), E, T
+            )[end]
+            n_fin = final_frame.shape[0]
+            finals = {
+                "frame": final_frame,
+                "action": torch.zeros(n_fin, dtype=torch.long),
+                "reward": torch.zeros(n_fin),
+                "terminated": terminated[end],
+                "truncated": truncated[end],
+                "final": torch.ones(n_fin, dtype=torch.bool),
+                "episode": episode[end],
+                "lane_step": lane_step[end] + 1,
+                "episode_step": ep_step[end] + 1,
+            }
+            if self.use_embeddings:
+                key = _next(self.embedding_key)
+                finals["embedding"] = self._embeddings(self._read(td, key), key)[end]
+            index.append(self._lane_base[:, None].expand(E, T)[end] + (lane_step[end] + 1) % L)
+            data = {name: torch.cat([data[name], finals[name]]) for name in data}
+        index = torch.cat(index)
+        batch = TensorDict(data, batch_size=[index.numel()])
+        first_write = not self.storage.initialized
+        if first_write and any(self.scratch_dir.glob("*.memmap")):
+            raise FileExistsError(
+                f"scratch_dir {str(self.scratch_dir)!r} already holds memmap files of another "
+                f"buffer. To resume it, call loads(<checkpoint dir>) before extend(); to start "
+                f"afresh, delete them or choose an empty directory."
+            )
+        self.storage.set(index, batch)
+        # Every slot of every lane is allocated: the sampler must see the whole range.
+        self.storage._len = self.capacity
+        if first_write:
+            self._bind_fields()
+
+        old_next = self._lane_next.clone()
+        self._lane_next += n_rec
+        self._episode_open = ~end[:, -1]
+        self._episode_id = episode[:, -1].clone()
+        self._episode_step = ep_step[:, -1] + 1
+        self._next_episode_id += int(n_starts.sum())
+        self._refresh_readiness(old_next, int(n_rec.max()))
+
+    def _bind_fields(self) -> None:
+        td = self.storage._storage
+        # Plain-tensor views of the memmaps (skips the subclass's Python-level indexing).
+        self._fields = {key: value.as_subclass(torch.Tensor) for key, value in td.items()}
+        if self.use_embeddings:
+            self._fields["embedding"][self._zero].zero_()
+
+    def _refresh_readiness(self, old_next: torch.Tensor, max_written: int) -> None:
+        """Recompute readiness of every slot a write can have changed."""
+        L, n, S = self.lane_capacity, self.n_step, self.frame_stack
+        new_next = self._lane_next
+        oldest = new_next - L  # first lane step still stored
+        # Steps whose future may have completed, the new records, and the oldest S - 1 records
+        # (their frame history may just have been overwritten).
+        recent = new_next[:, None] - torch.arange(n + max_written, 0, -1)
+        seam = oldest[:, None] + torch.arange(S - 1)
+        steps = torch.cat([recent, seam], 1)
+        lanes = torch.arange(self.num_envs)[:, None].expand_as(steps)
+        keep = (steps >= oldest.clamp_min(0)[:, None]) & (steps < new_next[:, None])
+        steps, lanes = steps[keep], lanes[keep]
+        slot = lanes * L + steps % L
+        slot, first = _unique_first(slot)
+        steps, lanes = steps[first], lanes[first]
+        ready = self._is_ready(slot, lanes, steps)
+        written = steps >= old_next[lanes]
+        was = self._ready[slot]
+        newly = ready & (written | ~was)
+        lost = was & ~ready
+        self._ready[slot] = ready
+        self._num_ready += int(ready.sum()) - int(was.sum())
+        self.sampler.mark_unready(slot[lost])
+        self.sampler.mark_ready(slot[newly])
+
+    def _is_ready(self, slot: torch.Tensor, lanes: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        L, n, S = self.lane_capacity, self.n_step, self.frame_stack
+        f = self._fields
+        nxt = self._lane_next[lanes]
+        oldest = nxt - L
+        ep = f["episode_step"][slot]
+        ok = ~f["final"][slot]
+        ok &= torch.maximum(s - (S - 1), s - ep) >= oldest  # frame history still stored
+        offsets = torch.arange(n)
+        fut = (s[:, None] + offsets) % L + (lanes * L)[:, None]
+        written = (s[:, None] + offsets) < nxt[:, None]
+        ends = (f["terminated"][fut] | f["truncated"][fut]) & written
+        m = _steps_taken(ends)
+        return ok & (s + m < nxt)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, batch_size: int | None = None) -> TensorDict:
+        """Draw a batch of transitions (prioritized or uniform) with their windows."""
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if self._num_ready == 0:
+            raise RuntimeError(
+                "Cannot sample: no transition is ready yet. A step becomes sampleable once its "
+                f"n_step={self.n_step} next steps (or its episode's end) are written; extend() more "
+                "data first (check len(buffer) > 0)."
+            )
+        index, info = self.sampler.sample(self.storage, batch_size)
+        weight = torch.as_tensor(info["priority_weight"], dtype=torch.float32)
+        if not self.prioritized:
+            weight = torch.ones_like(weight)
+        return self._gather(index.long(), weight)
+
+    @torch.no_grad()
+    def gather(self, index: torch.Tensor) -> TensorDict:
+        """Assemble the transitions stored at the slots ``index`` (all must be sampleable).
+
+        ``_weight`` is 1. Useful for evaluation and tests; training uses :meth:`sample`.
+        """
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        bad = (index < 0) | (index >= self.capacity)
+        if bad.any() or not self._ready[index.clamp(0, self.capacity - 1)].all():
+            raise IndexError(
+                "gather() got slots that hold no sampleable transition: "
+                f"{index[bad | ~self._ready[index.clamp(0, self.capacity - 1)]].tolist()[:10]}; "
+                "see sampleable_index()."
+            )
+        return self._gather(index, torch.ones(index.numel()))
+
+    def sampleable_index(self) -> torch.Tensor:
+        """The slots that hold a sampleable transition, ascending."""
+        return self._ready.nonzero().squeeze(-1)
+
+    def _gather(self, index: torch.Tensor, weight: torch.Tensor) -> TensorDict:
+        L, n, S, K = self.lane_capacity, self.n_step, self.frame_stack, self.context_length
+        f = self._fields
+        B = index.numel()
+        lane_base = index - index % L
+        s = f["lane_step"][index]
+        ep = f["episode_step"][index]
+
+        # n-step return and discount: steps t .. t+n-1 of the record's lane.
+        fut = lane_base[:, None] + (s[:, None] + torch.arange(n)) % L
+        terminated, truncated = f["terminated"][fut], f["truncated"][fut]
+        m = _steps_taken(terminated | truncated)
+        taken = torch.arange(n) < m[:, None]
+        reward = f["reward"][fut]
+        if self.reward_clip is not None:
+            reward = reward.clamp(-self.reward_clip, self.reward_clip)
+        ret = (reward.double() * self._gamma_pow[:n] * taken).sum(1)
+        last = torch.arange(B), m - 1
+        term_m, trunc_m = terminated[last], truncated[last]
+        discount = self._gamma_pow[m] * (~term_m)
+
+        # Frame stacks at t and t+m, clamped to the episode's first frame ("same" padding); each
+        # is one index_select straight into its output (no intermediate copy).
+        c, h, w = self.frame_shape
+        back = torch.arange(-S + 1, 1)
+        first = -ep[:, None]
+        frames = f["frame"]
+        pixels = _rows(frames, lane_base[:, None] + (s[:, None] + back.maximum(first)) % L)
+        next_off = (m[:, None] + back).maximum(first)
+        next_pixels = _rows(frames, lane_base[:, None] + (s[:, None] + next_off) % L)
+
+        out = {
+            self.pixels_key: pixels.view(B, S * c, h, w),
+            self.action_key: f["action"][index],
+            ("next", *_tuple(self.pixels_key)): next_pixels.view(B, S * c, h, w),
+            ("next", *_tuple(self.reward_key)): ret.float()[:, None],
+            ("next", keys.DISCOUNT): discount.float()[:, None],
+            ("next", *_tuple(self.terminated_key)): term_m[:, None],
+            ("next", *_tuple(self.truncated_key)): trunc_m[:, None],
+            ("next", *_tuple(self.done_key)): (term_m | trunc_m)[:, None],
+            keys.STEPS_TO_NEXT: m[:, None],
+            keys.INDEX: index,
+            keys.WEIGHT: weight,
+        }
+        if self.use_embeddings:
+            # Windows of K embeddings ending at t and at t+m. Entries before the episode start or
+            # older than the lane's oldest stored record are invalid: they are read from the
+            # storage's extra all-zero record, so no masking pass over the window is needed.
+            oldest = (self._lane_next[index // L] - L)[:, None]
+            win = torch.arange(-K + 1, 1)
+            for key, mask_key, off in (
+                (self.context_key, self.context_mask_key, win.expand(B, -1)),
+                (
+                    ("next", *_tuple(self.context_key)),
+                    ("next", *_tuple(self.context_mask_key)),
+                    m[:, None] + win,
+                ),
+            ):
+                valid = (off >= first) & (s[:, None] + off >= oldest)
+                slots = torch.where(valid, lane_base[:, None] + (s[:, None] + off) % L, self._zero)
+                out[key] = _rows(f["embedding"], slots)
+                out[mask_key] = valid
+        return TensorDict(out, batch_size=[B])
+
+    # ------------------------------------------------------------------ priorities
+    @torch.no_grad()
+    def update_priority(self, index: torch.Tensor, priority: torch.Tensor | float) -> None:
+        """Set the priority of the transitions at ``index`` (e.g. mean |TD error| over taus).
+
+        Slots that stopped holding a sampleable transition since they were sampled (overwritten, or
+        their frame history overwritten) are skipped. A no-op for uniform buffers.
+        """
+        if not self.prioritized:
+            return
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        priority = torch.as_tensor(priority, dtype=torch.float32).detach().cpu()
+        priority = priority.expand(index.shape) if priority.numel() == 1 else priority.reshape(-1)
+        if priority.shape != index.shape:
+            raise ValueError(
+                f"update_priority() got {priority.numel()} priorities for {index.numel()} indices."
+            )
+        if not torch.isfinite(priority).all() or (priority < 0).any():
+            raise ValueError(
+                "Priorities must be finite and >= 0 (e.g. the absolute TD error); got "
+                f"min={priority.min().item()}, max={priority.max().item()}."
+            )
+        if ((index < 0) | (index >= self.capacity)).any():
+            raise IndexError(f"update_priority() got indices outside [0, {self.capacity}).")
+        keep = self._ready[index]
+        if keep.any():
+            self.sampler.update_priority(index[keep], priority[keep])
+
+    def update_tensordict_priority(self, td: TensorDictBase) -> None:
+        """Read ``td[priority_key]`` and ``td["index"]`` and update the priorities."""
+        priority = td.get(self.priority_key, None)
+        if priority is None:
+            raise KeyError(
+                f"update_tensordict_priority() needs {self.priority_key!r} (the loss's priority "
+                f"output) in the tensordict."
+            )
+        index = td.get(keys.INDEX)
+        priority = priority.reshape(index.shape[0], -1)
+        if priority.shape[1] != 1:
+            priority = priority.mean(1)  # e.g. per-quantile errors
+        self.update_priority(index, priority.reshape(-1))
+
+    # ------------------------------------------------------------------ checkpointing
+    def _config(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "num_envs": self.num_envs,
+            "frame_shape": list(self.frame_shape),
+            "frame_stack": self.frame_stack,
+            "use_embeddings": self.use_embeddings,
+            "embedding_dim": self.embedding_dim if self.use_embeddings else 0,
+            "embedding_dtype": str(self.embedding_dtype),
+            "prioritized": self.prioritized,
+        }
+
+    def dumps(self, path: str | Path) -> None:
+        """Checkpoint everything needed to resume: contents, cursors, episodes, priorities, RNG.
+
+        The memmap files go to ``path/"storage"``; if that is the buffer's ``scratch_dir`` they are
+        only flushed (no copy), so ``scratch_dir=<checkpoint dir>/storage`` makes checkpoints cheap.
+        """
+        path = Path(path).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        if self.storage.initialized:
+            self.storage.dumps(path / "storage")
+        self.sampler.dumps(path / "sampler")
+        state = {
+            "version": _STATE_VERSION,
+            "config": self._config(),
+            "storage_initialized": self.storage.initialized,
+            "lane_next": self._lane_next,
+            "episode_open": self._episode_open,
+            "episode_id": self._episode_id,
+            "episode_step": self._episode_step,
+            "next_episode_id": self._next_episode_id,
+            "ready": self._ready,
+            "num_ready": self._num_ready,
+            "generator": self._generator.get_state(),
+        }
+        torch.save(state, path / _STATE_FILE)
+        logger.info("Replay buffer checkpointed to %s (%d sampleable).", path, len(self))
+
+    def loads(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`dumps` into this (freshly built) buffer.
+
+        If ``path/"storage"`` is this buffer's ``scratch_dir`` the memmap files are opened in place;
+        otherwise they are copied into ``scratch_dir``.
+        """
+        path = Path(path).absolute()
+        state_file = path / _STATE_FILE
+        if not state_file.exists():
+            raise FileNotFoundError(
+                f"{str(state_file)!r} does not exist: loads() expects a directory written by "
+                f"RiseReplayBuffer.dumps()."
+            )
+        state = torch.load(state_file, weights_only=False)
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"Unsupported replay checkpoint version {state.get('version')!r}.")
+        mine, theirs = self._config(), state["config"]
+        if mine != theirs:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine[k] != theirs.get(k)}
+            raise ValueError(
+                "The checkpoint was written by a buffer with a different layout "
+                f"(checkpoint vs this buffer): {json.dumps(diff, default=str)}. Build the buffer "
+                f"with the checkpoint's settings."
+            )
+        if state["storage_initialized"]:
+            self.storage.loads(path / "storage")
+            self.storage._len = self.capacity
+            self._bind_fields()
+        self.sampler.loads(path / "sampler")
+        self._lane_next = state["lane_next"].clone()
+        self._episode_open = state["episode_open"].clone()
+        self._episode_id = state["episode_id"].clone()
+        self._episode_step = state["episode_step"].clone()
+        self._next_episode_id = int(state["next_episode_id"])
+        self._ready = state["ready"].clone()
+        self._num_ready = int(state["num_ready"])
+        self._generator.set_state(state["generator"])
+        logger.info("Replay buffer restored from %s (%d sampleable).", path, len(self))
+
+    def cleanup(self) -> None:
+        """Delete the memmap files (only when the buffer made its own temporary directory)."""
+        if self._owns_scratch:
+            self.storage.cleanup()
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+
+def _tuple(key: NestedKey) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an index of shape ``[B, W]``: one ``index_select`` over rows (faster
+    than advanced indexing on CPU), shaped ``[B, W, *row_shape]``."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
+def _steps_taken(ends: torch.Tensor) -> torch.Tensor:
+    """``m``: steps up to and including the first end flag in each row, else the row length."""
+    n = ends.shape[-1]
+    first = torch.where(ends, torch.arange(n), n).amin(-1)
+    return torch.clamp(first + 1, max=n)
+
+
+def _unique_first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique values of ``x`` and the position of one occurrence of each."""
+    values, inverse = torch.unique(x, return_inverse=True)
+    pos = torch.empty(values.numel(), dtype=torch.long)
+    pos.scatter_(0, inverse, torch.arange(x.numel()))
+    return values, pos
