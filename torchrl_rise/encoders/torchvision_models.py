@@ -1,0 +1,347 @@
+"""ImageNet CNNs from torchvision as frozen encoders: ``resnet18`` (512-d) and ``efficientnet_b0``
+(1280-d), penultimate layer (global average pool, classifier removed).
+
+``weights`` chooses the parameters:
+
+- ``"imagenet"``: torchvision's ImageNet-1k checkpoint, read from the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``) or downloaded there; unavailable -> :class:`WeightsUnavailableError`.
+- a path: a state-dict file (``torch.save(model.state_dict(), path)``), loaded with
+  ``torch.load(weights_only=True)`` so nothing in it is executed; corrupt or mismatched ->
+  :class:`WeightsFileError`.
+- ``"random"``: torchvision's initialisation under ``torch.manual_seed(seed)`` (global RNG untouched),
+  with BatchNorm statistics calibrated on seeded noise images so features keep unit scale.
+- ``"auto"``: ImageNet when obtainable, else random with a loud warning.
+
+The weights actually used are in ``encoder.weights_source`` (and ``describe()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from torchrl_rise.encoders.base import FrozenEncoder, PixelPreprocessor, register_encoder
+
+__all__ = [
+    "TorchvisionEncoder",
+    "WeightsFileError",
+    "WeightsUnavailableError",
+    "load_state_dict_file",
+]
+
+logger = logging.getLogger(__name__)
+
+# name -> (torchvision builder, weights enum, classifier attribute, embedding size)
+_ARCHS: dict[str, tuple[str, str, str, int]] = {
+    "resnet18": ("resnet18", "ResNet18_Weights", "fc", 512),
+    "efficientnet_b0": ("efficientnet_b0", "EfficientNet_B0_Weights", "classifier", 1280),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were asked for but are neither cached nor downloadable."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file is corrupt, not a weights-only state dict, or does not fit the model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
+    """Load a state dict saved with ``torch.save``, without executing anything in the file.
+
+    Accepts a plain state dict or a checkpoint dict holding one under ``"state_dict"``; a
+    ``"module."`` prefix (DataParallel) is stripped.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(state_dict, sha256 hex digest of the file)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsFileError: the file is corrupt, holds objects other than tensors, or is not a
+            mapping of parameter names to tensors.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.NamedTemporaryFile(suffix=".pt", delete=False).name
+        >>> torch.save(torch.nn.Linear(2, 1).state_dict(), f)
+        >>> sd, sha = load_state_dict_file(f)
+        >>> sorted(sd), len(sha)
+        (['bias', 'weight'], 64)
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {path} does not exist. Pass weights='imagenet', 'random', 'auto', or the "
+            "path of a state dict saved with torch.save(model.state_dict(), path)."
+        )
+    digest = _sha256(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsFileError(
+            f"could not load {path} as a weights-only state dict ({type(err).__name__}: "
+            f"{reason[:300]}). The file is corrupt, or it pickles Python objects besides tensors "
+            "(never executed here). Re-save it with torch.save(model.state_dict(), path)."
+        ) from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise WeightsFileError(
+            f"{path} does not hold a state dict (a mapping of parameter names to tensors) but a "
+            f"{type(obj).__name__}. Save one with torch.save(model.state_dict(), path)."
+        )
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state, digest
+
+
+def _load_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, arch: str, head: str, source: str
+) -> None:
+    """Strictly load ``state`` (minus the classifier head) into ``model``, with a clear error."""
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    own = model.state_dict()
+    # checkpoints saved before BatchNorm counted batches lack these; BatchNorm fills them in
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {'; '.join(mismatched[:3])})")
+        raise WeightsFileError(
+            f"{source} does not fit torchvision's {arch}: {', '.join(parts)}. Pass a state dict of "
+            f"a torchvision {arch} (its '{head}.*' classifier keys may be present or not)."
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _calibrate_batchnorm(model: nn.Module, *, seed: int) -> None:
+    """Set BatchNorm running statistics from seeded Gaussian-noise images (random init only).
+
+    With torchvision's default init and unit running variances, eval-mode activations shrink layer
+    after layer (EfficientNet-B0's embeddings come out around 1e-14, zero once stored as float16).
+    Statistics measured on noise keep every layer at unit scale, so random features stay usable.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()  # only BatchNorm in training mode: no stochastic depth, deterministic
+    for m in norms:
+        m.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 64, 64, generator=generator))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def _hub_cache_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _imagenet_state_dict(arch: str, *, timeout: float) -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet weights from the hub cache, downloading them there first if possible."""
+    import torchvision
+
+    _, enum_name, _, _ = _ARCHS[arch]
+    weights_enum = getattr(torchvision.models, enum_name).IMAGENET1K_V1
+    url = weights_enum.url
+    cached = _hub_cache_path(url)
+    if not cached.is_file():
+        hash_prefix = torch.hub.HASH_REGEX.search(cached.name)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            logger.info("downloading %s to %s", url, cached)
+            torch.hub.download_url_to_file(
+                url,
+                str(cached),
+                hash_prefix=hash_prefix.group(1) if hash_prefix else None,
+                progress=False,
+            )
+        except (URLError, OSError, RuntimeError) as err:  # offline, timeout, bad hash
+            raise WeightsUnavailableError(
+                f"ImageNet weights for {arch} ({enum_name}.IMAGENET1K_V1) are not available: they "
+                f"are not in the torch hub cache ({cached}) and downloading {url} failed "
+                f"({type(err).__name__}: {err}). Two ways out: (1) provide the weights: download "
+                f"that URL where there is internet and copy the file to {cached} (or pass "
+                f"weights='/path/to/{cached.name}'); (2) use weights='random' (a seeded, frozen "
+                "random init) or weights='auto' (ImageNet when available, else random with a "
+                "warning)."
+            ) from err
+        finally:
+            socket.setdefaulttimeout(previous)
+    state, digest = load_state_dict_file(cached)
+    return state, f"imagenet:{enum_name}.IMAGENET1K_V1 (file:{cached}, sha256 {digest[:12]})"
+
+
+class TorchvisionEncoder(FrozenEncoder):
+    """A torchvision ImageNet CNN without its classifier, frozen.
+
+    Build it with :func:`~torchrl_rise.encoders.make_encoder` (``"resnet18"`` or
+    ``"efficientnet_b0"``).
+
+    Example:
+        >>> from torchrl_rise.encoders import make_encoder
+        >>> enc = make_encoder("resnet18", weights="random", seed=0)
+        >>> enc(torch.zeros(4, 84, 84, dtype=torch.uint8)).shape, enc.weights_source
+        (torch.Size([512]), 'random(seed=0)')
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        backbone: nn.Module,
+        embedding_dim: int,
+        weights_source: str,
+        preprocessor: PixelPreprocessor,
+        chunk_size: int | None = 1024,
+    ) -> None:
+        super().__init__(
+            name=name,
+            embedding_dim=embedding_dim,
+            weights_source=weights_source,
+            preprocessor=preprocessor,
+            chunk_size=chunk_size,
+        )
+        self.backbone = backbone
+        self.freeze()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+
+def _build_torchvision(
+    arch: str,
+    *,
+    weights: str | os.PathLike[str] = "auto",
+    frame_channels: int = 1,
+    frame_index: int = -1,
+    channels_last: bool = False,
+    resize: int | Sequence[int] | None = None,
+    imagenet_normalize: bool | None = None,
+    seed: int = 0,
+    chunk_size: int | None = 1024,
+    download_timeout: float = 10.0,
+) -> TorchvisionEncoder:
+    import torchvision
+
+    builder, _, head, dim = _ARCHS[arch]
+    if frame_channels not in (1, 3):
+        raise ValueError(
+            f"{arch} takes grayscale (frame_channels=1, replicated to RGB) or RGB "
+            f"(frame_channels=3) frames, got frame_channels={frame_channels}."
+        )
+    if not isinstance(frame_index, int):
+        raise TypeError(f"{arch} encodes one frame of the stack: frame_index must be an int.")
+    if weights is None:
+        raise ValueError(
+            f"weights=None is ambiguous for {arch}: use 'auto', 'imagenet', 'random' or a path."
+        )
+    requested = os.fspath(weights)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(torchvision.models, builder)(weights=None)
+    setattr(model, head, nn.Identity())
+    source = f"random(seed={seed})"
+    loaded = False
+    if requested in ("imagenet", "auto"):
+        try:
+            state, source = _imagenet_state_dict(arch, timeout=download_timeout)
+            _load_into(
+                model, state, arch=arch, head=head, source=f"the cached {arch} ImageNet file"
+            )
+            loaded = True
+        except WeightsUnavailableError as err:
+            if requested == "imagenet":
+                raise
+            message = (
+                f"weights='auto': ImageNet weights for {arch} are unavailable, so the frozen "
+                f"encoder uses RANDOM weights (seed={seed}); RISE's context stream will see random "
+                f"features. Reason: {err}"
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
+    elif requested != "random":
+        state, digest = load_state_dict_file(requested)
+        path = Path(requested).expanduser().resolve()
+        _load_into(model, state, arch=arch, head=head, source=f"weights file {path}")
+        source = f"file:{path} (sha256 {digest[:12]})"
+        loaded = True
+    if not loaded:
+        _calibrate_batchnorm(model, seed=seed)
+
+    preprocessor = PixelPreprocessor(
+        frame_channels=frame_channels,
+        frame_index=frame_index,
+        channels_last=channels_last,
+        to_rgb=frame_channels == 1,
+        resize=resize,
+        imagenet_normalize=True if imagenet_normalize is None else imagenet_normalize,
+    )
+    encoder = TorchvisionEncoder(
+        name=arch,
+        backbone=model,
+        embedding_dim=dim,
+        weights_source=source,
+        preprocessor=preprocessor,
+        chunk_size=chunk_size,
+    )
+    encoder._extra_description = {"requested_weights": requested, "seed": seed}
+    return encoder
+
+
+@register_encoder("resnet18")
+def make_resnet18(**options: Any) -> TorchvisionEncoder:
+    """torchvision ResNet18 up to the global average pool: 512-d embeddings (the RISE default)."""
+    return _build_torchvision("resnet18", **options)
+
+
+@register_encoder("efficientnet_b0")
+def make_efficientnet_b0(**options: Any) -> TorchvisionEncoder:
+    """torchvision EfficientNet-B0 up to the global average pool: 1280-d embeddings."""
+    return _build_torchvision("efficientnet_b0", **options)
