@@ -1,0 +1,152 @@
+"""RISE's context stream: an LSTM over the window of frozen embeddings, and its fusion with the CNN."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["FUSION_MODES", "ContextLSTM", "StreamFusion", "left_align_window"]
+
+FUSION_MODES = ("gate", "concat", "add")
+
+
+def left_align_window(
+    window: torch.Tensor, mask: torch.Tensor, *, check: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll each window so its valid suffix starts at position 0.
+
+    Args:
+        window: ``[B, K, D]`` entries, oldest first, valid entries a suffix.
+        mask: ``[B, K]`` bool validity.
+
+    Keyword Args:
+        check: raise if some row's valid entries are not a suffix.
+
+    Returns:
+        the rolled window ``[B, K, D]`` (valid entries first) and the valid lengths ``[B]``.
+
+    Example:
+        >>> import torch
+        >>> w = torch.arange(3.0).view(1, 3, 1)
+        >>> rolled, lengths = left_align_window(w, torch.tensor([[False, True, True]]))
+        >>> rolled.flatten().tolist(), lengths.tolist()
+        ([1.0, 2.0, 0.0], [2])
+    """
+    k = window.shape[-2]
+    lengths = mask.sum(-1)
+    positions = torch.arange(k, device=mask.device)
+    if check:
+        expected = positions >= (k - lengths).unsqueeze(-1)
+        if not torch.equal(expected, mask):
+            raise ValueError(
+                "rise_context_mask must mark a suffix of each window as valid (the last "
+                "len entries, oldest first); got a mask with gaps or a valid prefix. Build the "
+                "window with RiseContextTransform / RiseReplayBuffer, or pass windows oldest first."
+            )
+    index = (positions + (k - lengths).unsqueeze(-1)) % k
+    rolled = window.gather(-2, index.unsqueeze(-1).expand(*index.shape, window.shape[-1]))
+    return rolled, lengths
+
+
+class ContextLSTM(nn.Module):
+    """An LSTM run from a zero state over the valid suffix of a window of embeddings.
+
+    Invalid (padding) entries never enter the recurrence: each window is rolled so its valid suffix
+    comes first, the LSTM runs over the window, and the output after the last valid entry is
+    taken -- exactly the state a zero-initialised LSTM reaches after reading only the valid
+    embeddings. A window with no valid entry gives a zero output. The output is brought to
+    ``out_features`` by a linear layer (no activation; the fusion applies one where it needs it).
+
+    Args:
+        embedding_dim: size ``D`` of the stored embeddings.
+        hidden: LSTM hidden size.
+        out_features: size of the projected output.
+
+    Example:
+        >>> import torch
+        >>> lstm = ContextLSTM(8, hidden=16, out_features=4)
+        >>> window = torch.randn(2, 5, 8)
+        >>> mask = torch.tensor([[True] * 5, [False, False, True, True, True]])
+        >>> lstm(window, mask).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, embedding_dim: int, *, hidden: int, out_features: int) -> None:
+        super().__init__()
+        if embedding_dim < 1 or hidden < 1 or out_features < 1:
+            raise ValueError(
+                f"embedding_dim, hidden and out_features must be >= 1, got {embedding_dim}, "
+                f"{hidden}, {out_features}."
+            )
+        self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)
+        self.proj = nn.Linear(hidden, out_features)
+        self.embedding_dim = embedding_dim
+        self.hidden = hidden
+
+    def recurrent_output(self, window: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, K, D]`` window + ``[B, K]`` mask -> LSTM state after the valid suffix ``[B, hidden]``."""
+        if window.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"rise_context has embedding size {window.shape[-1]} but the network was built "
+                f"with embedding_dim={self.embedding_dim}; pass the frozen encoder's output size."
+            )
+        if mask.shape != window.shape[:-1]:
+            raise ValueError(
+                f"rise_context_mask shape {tuple(mask.shape)} does not match rise_context "
+                f"{tuple(window.shape)} (expected [..., K] for a [..., K, D] window)."
+            )
+        mask = mask.bool()
+        rolled, lengths = left_align_window(window, mask)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        out, _ = self.lstm(rolled.to(dtype or self.proj.weight.dtype))
+        last = (lengths - 1).clamp_min(0)
+        h = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
+        return h * (lengths > 0).unsqueeze(-1).to(h.dtype)
+
+    def forward(self, window: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.recurrent_output(window, mask))
+
+
+class StreamFusion(nn.Module):
+    """Fuse CNN features with the projected context: ``gate``, ``concat`` or ``add``.
+
+    ``gate`` (RISE): ``f * sigmoid(c)``; ``concat``: ``[f, c]`` along the channel/feature dim;
+    ``add``: ``f + c``. ``feature_shape`` is the CNN tensor's shape after the batch dim (``[F]``
+    after pooling or ``[C, h, w]`` before it); the context arrives flat and is reshaped to it.
+
+    Args:
+        mode: one of ``"gate"``, ``"concat"``, ``"add"``.
+        feature_shape: shape of the CNN features (without batch dims).
+
+    Example:
+        >>> import torch
+        >>> fuse = StreamFusion("gate", (6,))
+        >>> fused, gate = fuse(torch.ones(2, 6), torch.zeros(2, 6))
+        >>> fused[0, 0].item(), gate.shape
+        (0.5, torch.Size([2, 6]))
+    """
+
+    def __init__(self, mode: str, feature_shape: Sequence[int]) -> None:
+        super().__init__()
+        if mode not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {mode!r}.")
+        self.mode = mode
+        self.feature_shape = tuple(int(s) for s in feature_shape)
+
+    @property
+    def out_channels_factor(self) -> int:
+        """How many times the fused tensor's first feature dim is the CNN's (2 for concat)."""
+        return 2 if self.mode == "concat" else 1
+
+    def forward(
+        self, features: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context = context.reshape(context.shape[0], *self.feature_shape).to(features.dtype)
+        if self.mode == "gate":
+            gate = torch.sigmoid(context)
+            return features * gate, gate
+        if self.mode == "concat":
+            return torch.cat([features, context], dim=1), None
+        return features + context, None

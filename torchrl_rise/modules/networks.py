@@ -1,0 +1,498 @@
+"""The RISE network family: ``rise`` (dual stream), ``btr`` (no context) and ``recurrent_baseline``.
+
+All three are :class:`~tensordict.nn.TensorDictModuleBase` modules with an IMPALA CNN, a dueling
+noisy IQN head, and TensorDict in/out. See ``docs/network.md`` for the options and their defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from torchrl_rise import keys
+from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, StreamFusion
+from torchrl_rise.modules.impala import ImpalaCNN
+from torchrl_rise.modules.iqn import DuelingIQNHead
+
+__all__ = [
+    "NETWORK_KINDS",
+    "IQNNetworkBase",
+    "RecurrentBaselineQNetwork",
+    "RiseQNetwork",
+    "make_q_network",
+]
+
+NETWORK_KINDS = ("rise", "btr", "recurrent_baseline")
+GATE_POSITIONS = ("post_pool", "pre_pool")
+
+
+class IQNNetworkBase(TensorDictModuleBase):
+    """Shared parts of the family: the number of taus sampled per forward and the out keys.
+
+    ``num_taus`` may be changed at any time (e.g. fewer taus for acting); :meth:`taus_override`
+    changes it for a ``with`` block (the loss uses it for its target taus).
+    """
+
+    is_sequence_model: bool = False
+
+    def __init__(self, *, num_taus: int) -> None:
+        super().__init__()
+        self.num_taus = num_taus
+
+    @property
+    def num_taus(self) -> int:
+        return self._num_taus
+
+    @num_taus.setter
+    def num_taus(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"num_taus must be >= 1, got {value}.")
+        self._num_taus = int(value)
+
+    @contextlib.contextmanager
+    def taus_override(self, num_taus: int) -> Iterator[None]:
+        """Sample ``num_taus`` taus per forward inside the block."""
+        previous = self.num_taus
+        self.num_taus = num_taus
+        try:
+            yield
+        finally:
+            self.num_taus = previous
+
+    def _sample_taus(self, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(batch, self.num_taus, device=device)
+
+    def _write(
+        self,
+        td: TensorDictBase,
+        batch_shape: torch.Size,
+        quantiles: torch.Tensor,
+        taus: torch.Tensor,
+    ) -> None:
+        quantiles = quantiles.float()
+        td.set(self.quantiles_key, quantiles.reshape(*batch_shape, *quantiles.shape[1:]))
+        td.set(self.taus_key, taus.reshape(*batch_shape, taus.shape[-1]))
+        td.set(
+            self.action_value_key,
+            quantiles.mean(-2).reshape(*batch_shape, quantiles.shape[-1]),
+        )
+
+
+class RiseQNetwork(IQNNetworkBase):
+    """IMPALA CNN on the current frame stack, optionally fused with an LSTM over the context window.
+
+    With ``use_context=True`` (the ``rise`` configuration) the network reads ``pixels``,
+    ``rise_context`` ``[K, D]`` and ``rise_context_mask`` ``[K]``; the LSTM runs from a zero state
+    over the window's valid suffix and a linear layer brings its output to the CNN feature size,
+    which is fused with the CNN features by a sigmoid gate (default), concatenation or addition,
+    after the 6x6 pool (default) or before it. With ``use_context=False`` it is BTR's network.
+
+    Outputs ``quantiles`` ``[N, A]``, ``taus`` ``[N]``, ``action_value`` ``[A]`` (mean over the
+    taus) and, for the gate fusion with ``emit_gate=True``, ``rise_gate`` (the flattened gate).
+    Any leading batch dims are accepted, including none (one env acting).
+
+    Use :func:`make_q_network` to build it; the arguments are documented there.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> net = make_q_network("rise", num_actions=6, in_channels=4, embedding_dim=32,
+        ...                      lstm_hidden=16, width_scale=1, mlp_hidden=64)
+        >>> td = TensorDict({"pixels": torch.zeros(2, 4, 84, 84, dtype=torch.uint8),
+        ...                  "rise_context": torch.randn(2, 5, 32).half(),
+        ...                  "rise_context_mask": torch.ones(2, 5, dtype=torch.bool)}, [2])
+        >>> net(td)["quantiles"].shape, td["action_value"].shape, td["rise_gate"].shape
+        (torch.Size([2, 8, 6]), torch.Size([2, 6]), torch.Size([2, 1152]))
+    """
+
+    def __init__(
+        self,
+        *,
+        num_actions: int,
+        in_channels: int,
+        frame_size: Sequence[int] = (84, 84),
+        use_context: bool = True,
+        embedding_dim: int = 512,
+        context_length: int | None = None,
+        width_scale: float = 2,
+        spectral_norm: bool = True,
+        layer_norm: bool = False,
+        pool_size: int = 6,
+        lstm_hidden: int = 512,
+        fusion: str = "gate",
+        gate_position: str = "post_pool",
+        num_taus: int = 8,
+        num_cosines: int = 64,
+        mlp_hidden: int = 512,
+        noisy: bool = True,
+        noisy_sigma0: float = 0.5,
+        dueling: bool = True,
+        emit_gate: bool = True,
+        pixels_key: NestedKey = keys.PIXELS,
+        context_key: NestedKey = keys.CONTEXT,
+        context_mask_key: NestedKey = keys.CONTEXT_MASK,
+        quantiles_key: NestedKey = keys.QUANTILES,
+        taus_key: NestedKey = keys.TAUS,
+        action_value_key: NestedKey = keys.ACTION_VALUE,
+        gate_key: NestedKey = keys.GATE,
+    ) -> None:
+        super().__init__(num_taus=num_taus)
+        if fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
+        if gate_position not in GATE_POSITIONS:
+            raise ValueError(
+                f"gate_position must be one of {GATE_POSITIONS}, got {gate_position!r}."
+            )
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
+        self.cnn = ImpalaCNN(
+            in_channels,
+            frame_size=frame_size,
+            width_scale=width_scale,
+            spectral_norm=spectral_norm,
+            layer_norm=layer_norm,
+            pool_size=pool_size,
+        )
+        self.use_context = use_context
+        self.fusion_mode = fusion if use_context else None
+        self.gate_position = gate_position
+        self.context_length = context_length
+        head_in = self.cnn.out_features
+        if use_context:
+            if gate_position == "post_pool":
+                feature_shape: tuple[int, ...] = (self.cnn.out_features,)
+            else:
+                feature_shape = self.cnn.map_shape
+            size = 1
+            for s in feature_shape:
+                size *= s
+            self.context = ContextLSTM(embedding_dim, hidden=lstm_hidden, out_features=size)
+            self.fusion = StreamFusion(fusion, feature_shape)
+            head_in *= self.fusion.out_channels_factor
+        else:
+            self.context = None
+            self.fusion = None
+        self.head = DuelingIQNHead(
+            head_in,
+            num_actions,
+            hidden=mlp_hidden,
+            num_cosines=num_cosines,
+            noisy=noisy,
+            sigma0=noisy_sigma0,
+            dueling=dueling,
+            layer_norm=layer_norm,
+        )
+        self.num_actions = num_actions
+        self.emit_gate = emit_gate and use_context and fusion == "gate"
+        self.pixels_key = pixels_key
+        self.context_key = context_key
+        self.context_mask_key = context_mask_key
+        self.quantiles_key = quantiles_key
+        self.taus_key = taus_key
+        self.action_value_key = action_value_key
+        self.gate_key = gate_key
+        self.in_keys = [pixels_key] + ([context_key, context_mask_key] if use_context else [])
+        self.out_keys = [quantiles_key, taus_key, action_value_key] + (
+            [gate_key] if self.emit_gate else []
+        )
+
+    def features(
+        self,
+        pixels: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Flat batch ``[B, C, H, W]`` (+ ``[B, K, D]``, ``[B, K]``) -> head input ``[B, F]``, gate."""
+        fmap = self.cnn.feature_map(pixels)
+        if not self.use_context:
+            return self.cnn.pool(fmap), None
+        assert context is not None and mask is not None
+        ctx = self.context(context, mask)
+        if self.gate_position == "pre_pool":
+            fused, gate = self.fusion(fmap, ctx)
+            return self.cnn.pool(fused), gate
+        fused, gate = self.fusion(self.cnn.pool(fmap), ctx)
+        return fused, gate
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        pixels = tensordict.get(self.pixels_key)
+        if pixels.dim() < 3:
+            raise ValueError(
+                f"{self.pixels_key!r} must be [..., S*C, H, W], got shape {tuple(pixels.shape)}."
+            )
+        batch_shape = pixels.shape[:-3]
+        context = mask = None
+        if self.use_context:
+            context = tensordict.get(self.context_key, None)
+            mask = tensordict.get(self.context_mask_key, None)
+            if context is None or mask is None:
+                raise KeyError(
+                    f"the rise network needs {self.context_key!r} and {self.context_mask_key!r} "
+                    "(add RiseContextTransform to the env, or sample from RiseReplayBuffer); "
+                    "build with make_q_network('btr', ...) for a network without context."
+                )
+            if (
+                context.shape[: len(batch_shape)] != batch_shape
+                or context.dim() != len(batch_shape) + 2
+            ):
+                raise ValueError(
+                    f"{self.context_key!r} must be [..., K, D] with the batch dims of the pixels "
+                    f"{tuple(batch_shape)}, got {tuple(context.shape)}."
+                )
+            if self.context_length is not None and context.shape[-2] != self.context_length:
+                raise ValueError(
+                    f"context window has K={context.shape[-2]} entries but the network was built "
+                    f"with context_length={self.context_length}; acting and learning must use the "
+                    "same window length (set RiseContextTransform / the replay buffer to it)."
+                )
+            context = context.reshape(-1, *context.shape[-2:])
+            mask = mask.reshape(-1, mask.shape[-1])
+        flat_pixels = pixels.reshape(-1, *pixels.shape[-3:])
+        feats, gate = self.features(flat_pixels, context, mask)
+        taus = self._sample_taus(feats.shape[0], feats.device)
+        quantiles = self.head(feats, taus)
+        self._write(tensordict, batch_shape, quantiles, taus)
+        if self.emit_gate and gate is not None:
+            tensordict.set(self.gate_key, gate.reshape(*batch_shape, -1))
+        return tensordict
+
+
+class RecurrentBaselineQNetwork(IQNNetworkBase):
+    """The "typical recurrent model" RISE is compared with (R2D2-style, IQN head).
+
+    The learnable IMPALA CNN encodes every frame stack of a sampled sequence, an LSTM reads the
+    features in order, and the dueling noisy IQN head reads the LSTM output at each step. The
+    first ``burn_in`` steps (CNN and LSTM) run without gradient to warm up the recurrent state and
+    produce no outputs; outputs cover the remaining ``T - burn_in`` steps.
+
+    Keys (after the batch dims): in ``pixels`` ``[T, S*C, H, W]`` and, optionally, the stored
+    recurrent state at the sequence start ``recurrent_state_h`` / ``recurrent_state_c``
+    ``[hidden]`` (zero when absent). Out: ``quantiles`` ``[T - burn_in, N, A]``, ``taus``
+    ``[T - burn_in, N]``, ``action_value`` ``[T - burn_in, A]`` and the state after the last step,
+    ``("next", "recurrent_state_h")`` / ``("next", "recurrent_state_c")``. With ``T <= burn_in``
+    (e.g. acting, ``T = 1``) no step is burnt in.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> net = make_q_network("recurrent_baseline", num_actions=3, in_channels=4, burn_in=2,
+        ...                      lstm_hidden=16, width_scale=1, mlp_hidden=32)
+        >>> td = TensorDict({"pixels": torch.zeros(2, 5, 4, 84, 84, dtype=torch.uint8)}, [2])
+        >>> net(td)["quantiles"].shape
+        torch.Size([2, 3, 8, 3])
+    """
+
+    is_sequence_model = True
+
+    def __init__(
+        self,
+        *,
+        num_actions: int,
+        in_channels: int,
+        frame_size: Sequence[int] = (84, 84),
+        burn_in: int = 40,
+        width_scale: float = 2,
+        spectral_norm: bool = True,
+        layer_norm: bool = False,
+        pool_size: int = 6,
+        lstm_hidden: int = 512,
+        num_taus: int = 8,
+        num_cosines: int = 64,
+        mlp_hidden: int = 512,
+        noisy: bool = True,
+        noisy_sigma0: float = 0.5,
+        dueling: bool = True,
+        pixels_key: NestedKey = keys.PIXELS,
+        recurrent_state_keys: tuple[NestedKey, NestedKey] = (
+            "recurrent_state_h",
+            "recurrent_state_c",
+        ),
+        quantiles_key: NestedKey = keys.QUANTILES,
+        taus_key: NestedKey = keys.TAUS,
+        action_value_key: NestedKey = keys.ACTION_VALUE,
+    ) -> None:
+        super().__init__(num_taus=num_taus)
+        if burn_in < 0:
+            raise ValueError(f"burn_in must be >= 0, got {burn_in}.")
+        self.cnn = ImpalaCNN(
+            in_channels,
+            frame_size=frame_size,
+            width_scale=width_scale,
+            spectral_norm=spectral_norm,
+            layer_norm=layer_norm,
+            pool_size=pool_size,
+        )
+        self.lstm = nn.LSTM(self.cnn.out_features, lstm_hidden, batch_first=True)
+        self.head = DuelingIQNHead(
+            lstm_hidden,
+            num_actions,
+            hidden=mlp_hidden,
+            num_cosines=num_cosines,
+            noisy=noisy,
+            sigma0=noisy_sigma0,
+            dueling=dueling,
+            layer_norm=layer_norm,
+        )
+        self.burn_in = burn_in
+        self.num_actions = num_actions
+        self.lstm_hidden = lstm_hidden
+        self.pixels_key = pixels_key
+        self.recurrent_state_keys = tuple(recurrent_state_keys)
+        self.quantiles_key = quantiles_key
+        self.taus_key = taus_key
+        self.action_value_key = action_value_key
+        self.in_keys = [pixels_key, *self.recurrent_state_keys]
+        self.out_keys = [
+            quantiles_key,
+            taus_key,
+            action_value_key,
+            *[
+                ("next", k) if isinstance(k, str) else ("next", *k)
+                for k in self.recurrent_state_keys
+            ],
+        ]
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        b, t = pixels.shape[:2]
+        return self.cnn(pixels.reshape(b * t, *pixels.shape[2:])).reshape(b, t, -1)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        pixels = tensordict.get(self.pixels_key)
+        if pixels.dim() < 4:
+            raise ValueError(
+                f"recurrent_baseline reads a sequence {self.pixels_key!r} [..., T, S*C, H, W], got "
+                f"shape {tuple(pixels.shape)}; add a time dim (T = 1 to act)."
+            )
+        batch_shape = pixels.shape[:-4]
+        seq = pixels.reshape(-1, *pixels.shape[-4:])
+        b, t = seq.shape[:2]
+        state = []
+        for key in self.recurrent_state_keys:
+            value = tensordict.get(key, None)
+            if value is None:
+                value = torch.zeros(b, self.lstm_hidden, device=seq.device)
+            state.append(value.reshape(1, b, self.lstm_hidden).float())
+        hc = (state[0], state[1])
+        burn = self.burn_in if t > self.burn_in else 0
+        if burn:
+            with torch.no_grad():
+                _, hc = self.lstm(self._encode(seq[:, :burn]), hc)
+            hc = (hc[0].detach(), hc[1].detach())
+        out, hc = self.lstm(self._encode(seq[:, burn:]), hc)
+        steps = t - burn
+        flat = out.reshape(b * steps, -1)
+        taus = self._sample_taus(flat.shape[0], flat.device)
+        quantiles = self.head(flat, taus)
+        out_batch = torch.Size([*batch_shape, steps])
+        self._write(tensordict, out_batch, quantiles, taus)
+        for key, value in zip(self.recurrent_state_keys, hc):
+            next_key = ("next", key) if isinstance(key, str) else ("next", *key)
+            tensordict.set(next_key, value.squeeze(0).reshape(*batch_shape, -1))
+        return tensordict
+
+
+def make_q_network(
+    kind: str,
+    *,
+    num_actions: int,
+    in_channels: int,
+    frame_size: Sequence[int] = (84, 84),
+    embedding_dim: int = 512,
+    context_length: int | None = None,
+    width_scale: float = 2,
+    spectral_norm: bool = True,
+    layer_norm: bool = False,
+    pool_size: int = 6,
+    lstm_hidden: int = 512,
+    fusion: str = "gate",
+    gate_position: str = "post_pool",
+    num_taus: int = 8,
+    num_cosines: int = 64,
+    mlp_hidden: int = 512,
+    noisy: bool = True,
+    noisy_sigma0: float = 0.5,
+    dueling: bool = True,
+    burn_in: int = 40,
+    channels_last: bool = False,
+    emit_gate: bool = True,
+) -> IQNNetworkBase:
+    """Build one of the three configurations of the network family.
+
+    Args:
+        kind: ``"rise"`` (IMPALA CNN + LSTM context stream, fused), ``"btr"`` (BTR exactly: no
+            context stream) or ``"recurrent_baseline"`` (CNN on every frame of a sequence + LSTM
+            with burn-in, R2D2-style; for walltime comparisons).
+
+    Keyword Args:
+        num_actions: number of discrete actions.
+        in_channels: channels of ``pixels`` (``S * C``: stacked frames x channels per frame).
+        frame_size: ``(H, W)`` of ``pixels``.
+        embedding_dim: size ``D`` of the frozen embeddings in ``rise_context`` (ResNet18: 512).
+        context_length: if set, the window length ``K`` the network accepts (checked per call,
+            so acting and learning cannot silently use different windows); ``None`` accepts any.
+        width_scale: IMPALA channel multiplier (BTR: 2).
+        spectral_norm: spectral norm on the residual convs (BTR: True).
+        layer_norm: LayerNorm after each CNN stage stem and between the dense layers.
+        pool_size: adaptive max-pool side (BTR: 6 -> 2304 features).
+        lstm_hidden: LSTM hidden size (context stream of ``rise``; recurrent core of the baseline).
+        fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
+        gate_position: ``"post_pool"`` (fuse the 2304 pooled features, default) or
+            ``"pre_pool"`` (fuse the ``[C, h, w]`` map before the adaptive max-pool).
+        num_taus: taus sampled per forward (settable later through ``net.num_taus``).
+        num_cosines: cosine features of the tau embedding.
+        mlp_hidden: width of the dueling head's dense layers (BTR: 512).
+        noisy: factorised noisy layers in the head.
+        noisy_sigma0: initial noise scale (BTR: 0.5).
+        dueling: dueling value/advantage streams.
+        burn_in: ``recurrent_baseline`` only: steps run without gradient before the trained ones.
+        channels_last: store conv weights channels-last (pair with bf16 autocast on CPU).
+        emit_gate: write ``rise_gate`` (gate fusion only) for :func:`gate_statistics`.
+
+    Returns:
+        a :class:`~tensordict.nn.TensorDictModuleBase` (see :class:`RiseQNetwork` and
+        :class:`RecurrentBaselineQNetwork` for its keys).
+
+    Example:
+        >>> net = make_q_network("btr", num_actions=18, in_channels=4)
+        >>> net.in_keys, net.out_keys
+        (['pixels'], ['quantiles', 'taus', 'action_value'])
+    """
+    common = dict(
+        num_actions=num_actions,
+        in_channels=in_channels,
+        frame_size=frame_size,
+        width_scale=width_scale,
+        spectral_norm=spectral_norm,
+        layer_norm=layer_norm,
+        pool_size=pool_size,
+        lstm_hidden=lstm_hidden,
+        num_taus=num_taus,
+        num_cosines=num_cosines,
+        mlp_hidden=mlp_hidden,
+        noisy=noisy,
+        noisy_sigma0=noisy_sigma0,
+        dueling=dueling,
+    )
+    if kind in ("rise", "btr"):
+        net: IQNNetworkBase = RiseQNetwork(
+            use_context=kind == "rise",
+            embedding_dim=embedding_dim,
+            context_length=context_length,
+            fusion=fusion,
+            gate_position=gate_position,
+            emit_gate=emit_gate,
+            **common,
+        )
+    elif kind == "recurrent_baseline":
+        net = RecurrentBaselineQNetwork(burn_in=burn_in, **common)
+    else:
+        raise ValueError(f"kind must be one of {NETWORK_KINDS}, got {kind!r}.")
+    if channels_last:
+        net.cnn.use_channels_last()
+    return net
