@@ -283,7 +283,8 @@ def test_target_uses_the_next_states_context_window():
     net = make_q_network("rise", num_actions=3, in_channels=4, **SMALL)
     with torch.no_grad():  # a context stream that matters at init
         net.context.proj.weight.mul_(100.0)
-    loss = IQNLoss(net, resample_noise=False).eval()  # eval: spectral norm's power step frozen
+    # "target" log-policy: the target network runs once over the batched [s_t; s_{t+n}]
+    loss = IQNLoss(net, resample_noise=False, munchausen_log_policy="target").eval()
     td = _small_rise_batch()
 
     def priorities(batch):
@@ -306,6 +307,13 @@ def test_target_uses_the_next_states_context_window():
     assert len(seen) == 2
     torch.testing.assert_close(seen[0], td["rise_context"].reshape(6, 4, 8))
     torch.testing.assert_close(seen[1][6:], td["next", "rise_context"].reshape(6, 4, 8))
+    # default "online" log-policy: the target network reads s_{t+n} alone
+    seen.clear()
+    hook = net.context.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    IQNLoss(net, resample_noise=False).eval()(td)
+    hook.remove()
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[1], td["next", "rise_context"].reshape(6, 4, 8))
     with pytest.raises(KeyError, match="s_\\{t\\+n\\}"):
         loss(td.exclude(("next", "rise_context")))
     assert ("next", "rise_context") in loss.in_keys

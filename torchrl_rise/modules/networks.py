@@ -409,7 +409,7 @@ def make_q_network(
     spectral_norm: bool = True,
     layer_norm: bool = False,
     pool_size: int = 6,
-    lstm_hidden: int = 512,
+    lstm_hidden: int | None = None,
     fusion: str = "gate",
     gate_position: str = "post_pool",
     num_taus: int = 8,
@@ -419,7 +419,7 @@ def make_q_network(
     noisy_sigma0: float = 0.5,
     dueling: bool = True,
     burn_in: int = 40,
-    channels_last: bool = False,
+    channels_last: bool = True,
     emit_gate: bool = True,
 ) -> IQNNetworkBase:
     """Build one of the three configurations of the network family.
@@ -440,7 +440,9 @@ def make_q_network(
         spectral_norm: spectral norm on the residual convs (BTR: True).
         layer_norm: LayerNorm after each CNN stage stem and between the dense layers.
         pool_size: adaptive max-pool side (BTR: 6 -> 2304 features).
-        lstm_hidden: LSTM hidden size (context stream of ``rise``; recurrent core of the baseline).
+        lstm_hidden: LSTM hidden size; ``None`` picks 256 for the context stream of ``rise`` (the
+            learner benchmark's sweet spot: rise/btr 1.23 per update at K=80 on CPU, against 1.5 at
+            512) and 512 for the recurrent core of ``recurrent_baseline`` (R2D2's size).
         fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
         gate_position: ``"post_pool"`` (fuse the 2304 pooled features, default) or
             ``"pre_pool"`` (fuse the ``[C, h, w]`` map before the adaptive max-pool).
@@ -451,7 +453,8 @@ def make_q_network(
         noisy_sigma0: initial noise scale (BTR: 0.5).
         dueling: dueling value/advantage streams.
         burn_in: ``recurrent_baseline`` only: steps run without gradient before the trained ones.
-        channels_last: store conv weights channels-last (pair with bf16 autocast on CPU).
+        channels_last: run the CNN channels-last (default: measurably faster on CPU in fp32 too;
+            pair with bf16 autocast where bf16 is native).
         emit_gate: write ``rise_gate`` (gate fusion only) for :func:`gate_statistics`.
 
     Returns:
@@ -463,6 +466,8 @@ def make_q_network(
         >>> net.in_keys, net.out_keys
         (['pixels'], ['quantiles', 'taus', 'action_value'])
     """
+    if lstm_hidden is None:
+        lstm_hidden = 512 if kind == "recurrent_baseline" else 256
     common = dict(
         num_actions=num_actions,
         in_channels=in_channels,

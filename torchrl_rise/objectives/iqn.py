@@ -105,7 +105,9 @@ class IQNLoss(LossModule):
         munchausen_tau: softmax temperature (0.03).
         munchausen_alpha: scale of the log-policy bonus (0.9).
         munchausen_clip: lower clip ``l0`` of the log-policy bonus (-1).
-        munchausen_log_policy: ``"target"`` or ``"online"`` network for the log-policy at ``s_t``.
+        munchausen_log_policy: ``"online"`` (default, BTR's code: the detached online quantiles at
+            ``s_t``, already computed, so no target pass at ``s_t``; about 1.2x faster updates on
+            CPU) or ``"target"`` (the M-IQN paper's definition: one more target pass).
         gamma: only used when ``("next", "discount")`` is absent:
             ``gamma ** steps_to_next_obs * (1 - terminated)``.
         num_target_taus: taus sampled for the target network (BTR: 8).
@@ -182,7 +184,7 @@ class IQNLoss(LossModule):
         munchausen_tau: float = 0.03,
         munchausen_alpha: float = 0.9,
         munchausen_clip: float = -1.0,
-        munchausen_log_policy: str = "target",
+        munchausen_log_policy: str = "online",
         gamma: float = 0.997,
         num_target_taus: int = 8,
         delay_value: bool = True,
