@@ -58,7 +58,7 @@ def median_time(fn: Callable[[], object], *, repeats: int = 10, warmup: int = 2)
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    return "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
 def git_revision() -> str:

@@ -11,8 +11,8 @@ import torchrl_rise
 
 
 def test_torchrl_native_extension_loads_and_prioritized_replay_works():
-    from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer
     from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer
 
     importlib.import_module("torchrl._torchrl")  # the segment trees behind PER
     rb = TensorDictPrioritizedReplayBuffer(

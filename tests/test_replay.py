@@ -90,6 +90,24 @@ def test_resume_samples_exactly_the_same(tmp_path, copy_dir):
     assert_same(rb.sample(), resumed.sample())
 
 
+def test_close_open_episodes_starts_new_episodes(tmp_path):
+    rb = make_rb(tmp_path, E=1, context_length=3)
+    first, second = make_batch(1, 5, seed=1), make_batch(1, 5, seed=2)
+    rb.extend(first)  # an episode left open (no done)
+    rb.close_open_episodes()
+    rb.extend(second)
+    # The first slot of the second batch begins an episode: its window holds only itself.
+    td = rb.gather(torch.tensor([5]))
+    assert td["rise_context_mask"][0].tolist() == [False, False, True]
+    assert torch.equal(td["rise_context"][0, -1], second["rise_embedding"][0, 0])
+    assert not td["rise_context"][0, :2].any()
+    # Without the call, the same write would continue the open episode.
+    rb2 = make_rb(tmp_path / "b", E=1, context_length=3)
+    rb2.extend(first)
+    rb2.extend(second)
+    assert rb2.gather(torch.tensor([5]))["rise_context_mask"][0].all()
+
+
 def test_resume_rejects_a_different_layout(tmp_path):
     rb = make_rb(tmp_path)
     rb.extend(make_batch(2, 6))

@@ -794,7 +794,8 @@ class RiseReplayBuffer:
                 f"{str(state_file)!r} does not exist: loads() expects a directory written by "
                 f"RiseReplayBuffer.dumps()."
             )
-        state = torch.load(state_file, weights_only=False)
+        # weights_only: the state is tensors and plain containers; nothing in the file can run code.
+        state = torch.load(state_file, weights_only=True)
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"Unsupported replay checkpoint version {state.get('version')!r}.")
         mine, theirs = self._config(), state["config"]
@@ -819,6 +820,16 @@ class RiseReplayBuffer:
         self._num_ready = int(state["num_ready"])
         self._generator.set_state(state["generator"])
         logger.info("Replay buffer restored from %s (%d sampleable).", path, len(self))
+
+    def close_open_episodes(self) -> None:
+        """Treat every lane's current episode as over: the next write starts a new episode.
+
+        Call it when the envs restart without the buffer seeing the episodes end (e.g. after
+        resuming from a checkpoint: emulator states are not saved, so the envs begin fresh
+        episodes). The unfinished episodes' last steps, lacking an n-step future, stay unsampled;
+        nothing is spliced across the gap.
+        """
+        self._episode_open.zero_()
 
     def cleanup(self) -> None:
         """Delete the memmap files (only when the buffer made its own temporary directory)."""

@@ -1,0 +1,33 @@
+"""Train RISE (or BTR) on Atari with Beyond The Rainbow's settings.
+
+    python recipes/atari.py                                  # RISE on Pong, BTR defaults
+    python recipes/atari.py method=btr env.env_id=Breakout   # the BTR baseline
+    python recipes/atari.py preset=quickstart                # a short run (`make quickstart`)
+    python recipes/atari.py resume=true                      # continue the latest run
+
+Configuration: recipes/config/atari.yaml (on top of base.yaml); docs/recipes.md lists the knobs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Three recipes are named like simulator packages (procgen, vizdoom, miniworld), which TorchRL and
+# the env factories import: drop this folder from the import path so they find the packages.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from torchrl_rise.training import train  # noqa: E402
+
+
+@hydra.main(config_path="config", config_name="atari", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""End-to-end runs of the recipes on tiny configs: logs, checkpoints, summary, resume, interrupts."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from torchrl_rise._optional import MissingDependencyError
+from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "recipes" / "config"
+RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
+
+# Per-suite additions to preset=tiny that keep a run to seconds.
+# Simulators that are slow to start or step: two envs, one short evaluation episode.
+_SMALL = ["env.num_envs=2", "eval.num_envs=1", "eval.episodes=1", "eval.max_steps=30"]
+_SMALL += ["replay.learning_starts=32", "replay.batch_size=8", "total_frames=256"]
+FAST = {
+    "atari": ["env.frame_size=42", "env.max_episode_frames=400"],
+    "memory": ["env.env_id=cue-L6", "env.frame_size=16"],
+    "vizdoom": ["env.frame_size=42", "env.max_episode_frames=120", *_SMALL],
+    "procgen": ["eval.max_steps=60", "eval.episodes=1"],
+    "miniworld": ["env.max_episode_frames=30", "env.kwargs.backend=serial", *_SMALL],
+}
+
+
+def _memory_suite_available() -> bool:
+    try:
+        from torchrl_rise.envs import make_env
+
+        make_env("memory", "cue-L2", num_envs=1).close()
+    except Exception:
+        return False
+    return True
+
+
+needs_memory = pytest.mark.skipif(
+    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
+)
+
+
+def make_cfg(recipe: str, tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name=recipe,
+            overrides=["preset=tiny", f"logging.root={tmp_path}", *FAST[recipe], *overrides],
+        )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_run(run_dir: Path, *, method: str, frames: int, status: str = "finished") -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == status
+    assert summary["method"] == method and summary["frames"] == frames
+    assert summary["walltime_s"] > 0 and summary["config"]["method"] == method
+    assert set(summary["versions"]) == {"torchrl_rise", "torch", "torchrl", "tensordict", "python"}
+    train_rows = read_csv(run_dir / "train.csv")
+    assert train_rows and int(train_rows[-1]["frames"]) == frames
+    assert [int(r["frames"]) for r in train_rows] == sorted(int(r["frames"]) for r in train_rows)
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["state"]["counters"]["frames"] == frames
+    assert ckpt["state"]["counters"]["updates"] == summary["updates"]
+    assert (run_dir / "train.log").exists() and (run_dir / "config.json").exists()
+    return summary
+
+
+# ------------------------------------------------------------------------------ configs compose
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("method", ["rise", "btr"])
+def test_recipe_configs_compose_and_validate(recipe, method):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = load_config(compose(config_name=recipe, overrides=[f"method={method}"]))
+        tiny = load_config(compose(config_name=recipe, overrides=["preset=tiny"]))
+    assert cfg.env.suite == recipe and cfg.method == method
+    assert tiny.total_frames <= 4096 and tiny.env.num_envs == 4
+
+
+def test_atari_defaults_are_btr_and_quickstart_is_short():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        full = load_config(compose(config_name="atari"))
+        quick = load_config(compose(config_name="atari", overrides=["preset=quickstart"]))
+    assert (full.env.num_envs, full.replay.capacity, full.replay.batch_size) == (64, 2**20, 256)
+    assert (full.replay.learning_starts, full.eval.interval_frames) == (200_000, 1_000_000)
+    assert full.optim.updates_per_vector_step == 1.0 and full.env.frame_stack == 4
+    assert quick.method == "rise" and quick.env.env_id == "Pong"
+    assert 20_000 <= quick.total_frames <= 50_000
+
+
+def test_recipe_scripts_call_the_shared_loop():
+    for recipe in RECIPES:
+        text = (ROOT / "recipes" / f"{recipe}.py").read_text()
+        assert f'config_name="{recipe}"' in text and "train(cfg)" in text
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.atari
+@pytest.mark.parametrize("method", ["rise", "btr"])
+def test_atari_recipe_end_to_end(tmp_path, method):
+    trainer = Trainer(make_cfg("atari", tmp_path, f"method={method}"))
+    summary = trainer.run()
+    run = trainer.run_dir
+    assert run.parent.parent.parent.parent == tmp_path / "atari"  # runs/<suite>/<env>/<method>/seed
+    check_run(run, method=method, frames=2048)
+    assert summary["updates"] > 0 and summary["suite"] == "atari"
+    evals = read_csv(run / "eval.csv")
+    assert [int(r["frames"]) for r in evals] == [1024, 2048]
+    assert all(int(r["n"]) == 2 for r in evals)
+    assert summary["scores"]["final"]["episodes"] and len(summary["scores"]["evaluations"]) == 2
+    columns = read_csv(run / "train.csv")[0].keys()
+    if method == "rise":
+        assert summary["encoder"]["name"] == "downsample"
+        assert summary["encoder"]["embedding_dim"] == 64
+        assert "gate_mean" in columns and "gate_saturated_frac" in columns
+    else:
+        assert summary["encoder"] is None and "gate_mean" not in columns
+    assert not (run / "replay_scratch").exists()  # the checkpoint holds the buffer
+
+
+@needs_memory
+@pytest.mark.parametrize("method", ["rise", "btr"])
+def test_memory_recipe_end_to_end(tmp_path, method):
+    trainer = Trainer(make_cfg("memory", tmp_path, f"method={method}"))
+    summary = trainer.run()
+    check_run(trainer.run_dir, method=method, frames=2048)
+    assert summary["episodes"] > 0
+    assert summary["scores"]["final"]["mean"] is not None
+    assert "success" in summary and 0.0 <= summary["success"]["final"] <= 1.0
+    assert read_csv(trainer.run_dir / "train.csv")[-1]["success_recent"] != ""
+
+
+@pytest.mark.vizdoom
+def test_vizdoom_recipe_end_to_end(tmp_path):
+    pytest.importorskip("vizdoom")
+    trainer = Trainer(make_cfg("vizdoom", tmp_path))
+    trainer.run()
+    check_run(trainer.run_dir, method="rise", frames=256)
+
+
+@pytest.mark.procgen
+def test_procgen_recipe_end_to_end(tmp_path):
+    pytest.importorskip("procgen")
+    trainer = Trainer(make_cfg("procgen", tmp_path, "total_frames=512", "method=btr"))
+    trainer.run()
+    check_run(trainer.run_dir, method="btr", frames=512)
+
+
+@pytest.mark.miniworld
+def test_miniworld_recipe_end_to_end(tmp_path):
+    pytest.importorskip("miniworld")
+    trainer = Trainer(make_cfg("miniworld", tmp_path))
+    trainer.run()
+    check_run(trainer.run_dir, method="rise", frames=256)
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+def _replay_snapshot(replay):
+    index = replay.sampleable_index()
+    batch = replay.gather(index)
+    return index, batch
+
+
+@pytest.mark.atari
+def test_resume_continues_counters_and_buffer(tmp_path):
+    first = Trainer(make_cfg("atari", tmp_path, "total_frames=1024"))
+    first.run()
+    run = first.run_dir
+    index, batch = _replay_snapshot(first.components.replay)
+    assert index.numel() > 0
+
+    # Resuming at the same budget restores everything and trains no further.
+    same = Trainer(make_cfg("atari", tmp_path, "total_frames=1024", f"resume={run}"))
+    same.run()
+    assert same.run_dir == run
+    for key in ("frames", "env_steps", "updates", "episodes", "iterations"):
+        assert same.counters[key] == first.counters[key], key
+    index2, batch2 = _replay_snapshot(same.components.replay)
+    torch.testing.assert_close(index2, index)
+    for key in ("pixels", "action", ("next", "reward"), ("next", "pixels"), "rise_context"):
+        torch.testing.assert_close(batch2.get(key), batch.get(key), msg=str(key))
+    assert same.components.actor.module[-1].eps.item() == pytest.approx(
+        first.components.actor.module[-1].eps.item()
+    )
+    first_params = dict(first.components.loss.named_parameters())
+    for name, param in same.components.loss.named_parameters():
+        torch.testing.assert_close(param, first_params[name], msg=name)
+
+    # resume=true finds the latest run with the same suite/env/method/seed and goes on.
+    more = Trainer(make_cfg("atari", tmp_path, "total_frames=2048", "resume=true"))
+    summary = more.run()
+    assert more.run_dir == run
+    check_run(run, method="rise", frames=2048)
+    assert summary["updates"] > first.counters["updates"]
+    assert [int(r["frames"]) for r in read_csv(run / "eval.csv")] == [1024, 2048]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint exists"):
+        train(make_cfg("atari", tmp_path, "resume=true"))
+    with pytest.raises(ConfigError, match="no checkpoint there"):
+        train(make_cfg("atari", tmp_path, f"resume={tmp_path / 'nowhere'}"))
+
+
+# ------------------------------------------------------------------------------ interrupts
+
+
+@pytest.mark.atari
+def test_stop_request_checkpoints_flushes_and_summarises(tmp_path):
+    trainer = Trainer(make_cfg("atari", tmp_path, "method=btr"))
+    trainer.request_stop("test")  # as the SIGINT/SIGTERM handler does: stop after this step
+    summary = trainer.run()
+    frames = 4 * 4  # one vector step of 4 envs, frame skip 4
+    check_run(trainer.run_dir, method="btr", frames=frames, status="interrupted")
+    assert summary["status"] == "interrupted" and summary["scores"]["evaluations"] == []
+
+
+@pytest.mark.atari
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "atari.py"),
+        "preset=tiny",
+        *FAST["atari"],
+        "method=btr",
+        "total_frames=10_000_000",
+        "eval.interval_frames=10_000_000",
+        f"logging.run_dir={run_dir}",
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            train_csv = run_dir / "train.csv"
+            if train_csv.exists() and len(train_csv.read_text().splitlines()) >= 3:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run logged nothing within 180 s")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()
+    summary = check_run(
+        run_dir,
+        method="btr",
+        frames=json.loads((run_dir / "summary.json").read_text())["frames"],
+        status="interrupted",
+    )
+    assert 0 < summary["frames"] < 10_000_000
+
+
+# ------------------------------------------------------------------------------ collectors
+
+
+@pytest.mark.atari
+def test_multi_process_collector(tmp_path):
+    trainer = Trainer(
+        make_cfg(
+            "atari",
+            tmp_path,
+            "method=rise",
+            "total_frames=512",
+            "replay.learning_starts=64",
+            "collector.backend=multi_sync",
+            "collector.num_workers=2",
+        )
+    )
+    summary = trainer.run()
+    check_run(trainer.run_dir, method="rise", frames=512)
+    assert summary["updates"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_backend_without_ray_names_the_install(tmp_path):
+    with pytest.raises(ConfigError, match="pip install ray"):
+        train(make_cfg("atari", tmp_path, "collector.backend=ray"))
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_env_id_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="NotAGame"):
+        train(make_cfg("atari", tmp_path, "env.env_id=NotAGame"))
+
+
+def test_missing_optional_suite_names_the_extra(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "vizdoom" or m.startswith("vizdoom.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "vizdoom", None)  # `import vizdoom` now fails
+    with pytest.raises(MissingDependencyError, match=r"torchrl_rise\[vizdoom\]"):
+        train(make_cfg("vizdoom", tmp_path))
+
+
+def test_replay_that_does_not_fit_on_disk(tmp_path):
+    with pytest.raises(ConfigError, match="GiB"):
+        train(
+            make_cfg(
+                "atari", tmp_path, "replay.capacity=68_719_476_736", "total_frames=300_000_000"
+            )
+        )

@@ -1,0 +1,339 @@
+"""Unit tests of torchrl_rise.training: config validation, checkpoints, logs, summary, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+
+from torchrl_rise.training import (
+    ConfigError,
+    TrainConfig,
+    evaluate,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_config,
+    make_summary,
+    save_checkpoint,
+    validate_config,
+    write_summary,
+)
+from torchrl_rise.training.checkpoint import get_rng_state, set_rng_state
+from torchrl_rise.training.config import check_disk_space
+from torchrl_rise.training.loggers import CSVTable, RunLogger
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_defaults_are_btr_atari():
+    cfg = load_config()
+    assert (cfg.method, cfg.env.suite, cfg.env.num_envs, cfg.env.frame_size) == (
+        "rise",
+        "atari",
+        64,
+        84,
+    )
+    assert (cfg.replay.capacity, cfg.replay.batch_size, cfg.replay.learning_starts) == (
+        2**20,
+        256,
+        200_000,
+    )
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.optim.grad_clip) == (1e-4, 1.95e-5, 10.0)
+    assert (cfg.loss.gamma, cfg.loss.n_step, cfg.loss.target_update_interval) == (0.997, 3, 500)
+    assert cfg.replay.alpha == 0.2 and cfg.exploration.eps_decay_frames == 8_000_000
+    assert cfg.eval.eps == 0.01 and cfg.eval.interval_frames == 1_000_000
+
+
+def test_load_config_merges_and_returns_dataclass():
+    cfg = load_config({"method": "btr", "env": {"num_envs": 8}}, seed=3)
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.method, cfg.env.num_envs, cfg.seed, cfg.env.frame_stack) == ("btr", 8, 3, 4)
+    assert load_config(cfg).env.num_envs == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"nope": 1}, "Key 'nope' not in 'TrainConfig'"),
+        ({"env": {"num_envs": "many"}}, "env.num_envs"),
+        ({"method": "dqn"}, "method must be one of"),
+        ({"env": {"suite": "mujoco"}}, "env.suite must be one of"),
+        ({"env": {"num_envs": -4}}, "env.num_envs must be > 0"),
+        ({"env": {"frame_size": 0}}, "env.frame_size must be a positive int"),
+        ({"env": {"frame_size": [84, 84, 3]}}, "env.frame_size must be a positive int"),
+        ({"env": {"frame_stack": -1}}, "env.frame_stack must be > 0"),
+        ({"encoder": {"context_length": 0}}, "encoder.context_length (K) must be >= 1"),
+        ({"replay": {"capacity": -1}}, "replay.capacity must be > 0"),
+        ({"replay": {"batch_size": 0}}, "replay.batch_size must be > 0"),
+        (
+            {"replay": {"capacity": 128, "batch_size": 256, "learning_starts": 100}},
+            "larger than replay.capacity",
+        ),
+        (
+            {"replay": {"batch_size": 256, "learning_starts": 300}},
+            "more than the buffer can serve when learning starts",
+        ),
+        ({"total_frames": 1000, "replay": {"learning_starts": 2000}}, "would never learn"),
+        ({"loss": {"gamma": 1.5}}, "loss.gamma must lie in (0, 1]"),
+        ({"loss": {"n_step": 0}}, "loss.n_step must be > 0"),
+        ({"optim": {"lr": -1e-4}}, "optim.lr must be > 0"),
+        ({"replay": {"alpha": 2.0}}, "replay.alpha must lie in [0, 1]"),
+        ({"exploration": {"eps_end": -0.1}}, "exploration.eps_end must lie in [0, 1]"),
+        ({"collector": {"backend": "threads"}}, "collector.backend must be one of"),
+        ({"collector": {"backend": "multi_async"}}, "collector.backend must be one of"),
+        ({"collector": {"num_workers": 2}}, "Use collector.backend=multi_sync"),
+        (
+            {"collector": {"backend": "multi_sync", "num_workers": 3}},
+            "not divisible by collector.num_workers",
+        ),
+        (
+            {"encoder": {"name": "online"}, "collector": {"backend": "multi_sync"}},
+            "worker processes would keep stale copies",
+        ),
+        ({"method": "recurrent_baseline"}, "not trained by this loop"),
+        ({"logging": {"backends": ["csv", "neptune"]}}, "logging.backends has unknown"),
+        ({"eval": {"episodes": 0}}, "eval.episodes must be > 0"),
+        ({"resume": ""}, "resume must be false, true"),
+        ({"checkpoint": {"keep": 0}}, "checkpoint.keep must be > 0"),
+    ],
+)
+def test_invalid_config_values_are_explained(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(override)
+    assert message in str(err.value)
+
+
+def test_context_length_only_matters_for_rise():
+    cfg = load_config({"method": "btr", "encoder": {"context_length": 0}})
+    assert cfg.encoder.context_length == 0
+
+
+def test_validate_config_checks_a_mutated_dataclass():
+    cfg = TrainConfig()
+    cfg.replay.batch_size = 2**21
+    with pytest.raises(ConfigError, match=r"larger than replay\.capacity"):
+        validate_config(cfg)
+
+
+def test_disk_space_check_names_the_sizes(tmp_path):
+    check_disk_space(tmp_path / "not" / "yet" / "there", 1)
+    with pytest.raises(ConfigError, match=r"needs about .* GiB .* only .* GiB is free"):
+        check_disk_space(tmp_path, 2**62, hint="Lower replay.capacity.")
+
+
+# ------------------------------------------------------------------------------------ checkpoint
+
+
+def test_checkpoint_roundtrip_is_weights_only_and_atomic(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    state = {"model": net.state_dict(), "counters": {"frames": 128, "updates": 2}, "tag": "x"}
+    replay_calls = []
+
+    def dump(path):
+        path.mkdir()
+        (path / "blob.bin").write_bytes(b"123")
+        replay_calls.append(path)
+
+    first = save_checkpoint(tmp_path, state, step=128, save_replay=dump, keep=2)
+    assert first.name == "frames_000000000128" and (first / "replay" / "blob.bin").exists()
+    loaded = load_checkpoint(tmp_path)
+    assert loaded["path"] == first and loaded["replay_dir"] == first / "replay"
+    assert loaded["state"]["counters"] == {"frames": 128, "updates": 2}
+    torch.testing.assert_close(loaded["state"]["model"]["weight"], net.weight.detach())
+    # no temporary folders left behind, the pointer names the newest checkpoint
+    assert not list(tmp_path.glob(".tmp*"))
+    assert (tmp_path / "latest").read_text().strip() == first.name
+
+    second = save_checkpoint(tmp_path, {"counters": {"frames": 256}}, step=256, keep=2)
+    third = save_checkpoint(tmp_path, {"counters": {"frames": 512}}, step=512, keep=2)
+    kept = sorted(p.name for p in tmp_path.glob("frames_*"))
+    assert kept == [second.name, third.name]
+    assert find_latest_checkpoint(tmp_path) == third
+    assert find_latest_checkpoint(tmp_path.parent / "missing") is None
+    # a run directory resolves through its checkpoints/ folder
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints", {"a": 1}, step=1)
+    assert find_latest_checkpoint(run).name == "frames_000000000001"
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        load_checkpoint(tmp_path / "empty")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoint_loading_never_executes_code(tmp_path):
+    folder = tmp_path / "frames_000000000001"
+    folder.mkdir()
+    with open(folder / "state.pt", "wb") as f:
+        torch.save({"x": _Evil()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(folder)
+
+
+def test_rng_state_roundtrip(tmp_path):
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = get_rng_state()
+    path = save_checkpoint(tmp_path, {"rng": state}, step=1)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    set_rng_state(load_checkpoint(path)["state"]["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ------------------------------------------------------------------------------------ logs
+
+
+def test_csv_table_adds_columns_and_appends_on_reopen(tmp_path):
+    path = tmp_path / "train.csv"
+    table = CSVTable(path, columns=("frames", "loss"))
+    table.write({"frames": 1, "loss": 0.5})
+    table.write({"frames": 2, "gate_mean": 0.25})  # a new column widens the header
+    table.close()
+    again = CSVTable(path, columns=("frames", "loss"))
+    again.write({"frames": 3, "loss": float("nan")})
+    again.close()
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["frames", "loss", "gate_mean"]
+    assert [(r["frames"], r["loss"], r["gate_mean"]) for r in rows] == [
+        ("1", "0.5", ""),
+        ("2", "", "0.25"),
+        ("3", "", ""),
+    ]
+
+
+def test_run_logger_flushes_every_row(tmp_path):
+    log = RunLogger(tmp_path, backends=["csv"])
+    log.log_train({"frames": 10, "updates": 1, "loss": 0.1})
+    log.log_eval({"frames": 10, "mean": 2.0, "n": 3})
+    # readable before close: a killed run keeps what it logged
+    assert (tmp_path / "train.csv").read_text().splitlines()[1].startswith("10,1,")
+    assert "2" in (tmp_path / "eval.csv").read_text().splitlines()[1]
+    log.close()
+
+
+def test_run_logger_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    log = RunLogger(tmp_path, backends=["csv", "tensorboard"], config={"a": 1})
+    log.log_train({"frames": 10, "loss": 0.1})
+    log.close()
+    assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+def test_summary_schema_and_json_safety(tmp_path):
+    evaluations = [
+        {"frames": 100, "mean": 1.0, "std": 0.0, "n": 2, "success_rate": 0.5},
+        {"frames": 200, "mean": 3.0, "std": 1.0, "n": 2, "success_rate": 1.0},
+        {"frames": 300, "mean": float("nan"), "std": float("nan"), "n": 0},
+    ]
+    summary = make_summary(
+        config={"method": "rise", "seed": 1, "env": {"suite": "memory", "env_id": "cue-L4"}},
+        run_dir=tmp_path,
+        encoder={"name": "downsample", "weights_source": "none", "embedding_dim": 64},
+        frames=300,
+        updates=7,
+        episodes=9,
+        walltime_s=1.5,
+        evaluations=evaluations,
+        final={"mean": 3.0, "std": 1.0, "episodes": [2.0, 4.0], "success_rate": 1.0},
+    )
+    path = write_summary(tmp_path / "summary.json", summary)
+    data = json.loads(path.read_text())
+    assert data["status"] == "finished"
+    assert (data["method"], data["suite"], data["env_id"], data["seed"]) == (
+        "rise",
+        "memory",
+        "cue-L4",
+        1,
+    )
+    assert set(data["versions"]) == {"torchrl_rise", "torch", "torchrl", "tensordict", "python"}
+    assert data["scores"]["best"]["frames"] == 200
+    assert data["scores"]["final"]["episodes"] == [2.0, 4.0]
+    assert data["scores"]["evaluations"][2]["mean"] is None  # NaN is not JSON
+    assert data["success"] == {"final": 1.0, "best": 1.0}
+    assert data["encoder"]["embedding_dim"] == 64
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def _cartpole(num_envs: int):
+    from torchrl.envs import GymEnv, SerialEnv
+
+    if num_envs == 1:
+        return GymEnv("CartPole-v1")
+    return SerialEnv(num_envs, lambda: GymEnv("CartPole-v1"))
+
+
+def test_evaluate_scores_the_requested_episodes():
+    env = _cartpole(2)
+    env.set_seed(0)
+    net = TensorDictModule(torch.nn.Linear(4, 2), ["observation"], ["action_value"])
+    net.train()
+    result = evaluate(net, env, episodes=3, eps=0.0, score_key=None, max_steps=600)
+    assert result.n == 3 and len(result.lengths) == 3
+    # CartPole pays 1 per step: the summed raw score is the episode length
+    assert result.scores == [float(x) for x in result.lengths]
+    assert net.training  # training mode restored
+    row = result.row()
+    assert row["n"] == 3 and row["min"] <= row["median"] <= row["max"]
+    assert math.isclose(row["mean"], float(np.mean(result.scores)))
+    env.close()
+
+
+def test_evaluate_eps_one_is_uniformly_random_and_stops_at_max_steps():
+    env = _cartpole(1)
+    env.set_seed(0)
+    calls = []
+
+    def always_left(td):
+        calls.append(1)
+        td.set("action_value", torch.tensor([1.0, 0.0]))
+        return td
+
+    greedy = evaluate(always_left, env, episodes=1, eps=0.0, score_key=None)
+    random_ = evaluate(always_left, env, episodes=4, eps=1.0, score_key=None)
+    assert greedy.n == 1 and greedy.scores[0] < 20  # always pushing left falls fast
+    assert random_.n == 4
+    short = evaluate(always_left, env, episodes=1, eps=0.0, score_key=None, max_steps=3)
+    assert short.n == 0 and math.isnan(short.mean)
+    env.close()
+
+
+def test_evaluate_rejects_zero_episodes():
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        evaluate(lambda td: td, _cartpole(1), episodes=0)
+
+
+def test_run_logger_writes_evaluation_videos(tmp_path):
+    log = RunLogger(tmp_path, backends=["csv"])
+    frames = np.random.default_rng(0).integers(0, 255, (6, 16, 16), dtype=np.uint8)
+    path = log.log_video(frames, step=64, fps=10)
+    log.close()
+    assert path == tmp_path / "videos" / "eval_000000000064.mp4" and path.stat().st_size > 0
+
+
+def test_wandb_backend_without_wandb_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from torchrl_rise._optional import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(MissingDependencyError, match=r"torchrl_rise\[wandb\]"):
+        RunLogger(tmp_path, backends=["csv", "wandb"])

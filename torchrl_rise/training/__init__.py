@@ -1,0 +1,63 @@
+"""The training loop shared by the recipes: config, builders, loop, evaluation, checkpoints, logs.
+
+``train(cfg)`` runs collector -> replay -> learner -> target update -> evaluation -> logging ->
+checkpoint for a :class:`TrainConfig` (or the dict / hydra config the recipes compose); see
+docs/training.md.
+"""
+
+from __future__ import annotations
+
+from torchrl_rise.training.checkpoint import (
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from torchrl_rise.training.config import (
+    CheckpointConfig,
+    CollectorConfig,
+    ConfigError,
+    EncoderConfig,
+    EnvConfig,
+    EvalConfig,
+    ExplorationConfig,
+    LoggingConfig,
+    LossConfig,
+    NetworkConfig,
+    OptimConfig,
+    ReplayConfig,
+    TrainConfig,
+    load_config,
+    validate_config,
+)
+from torchrl_rise.training.evaluation import EvalResult, evaluate
+from torchrl_rise.training.loggers import RunLogger
+from torchrl_rise.training.loop import Trainer, train
+from torchrl_rise.training.summary import make_summary, write_summary
+
+__all__ = [
+    "CheckpointConfig",
+    "CollectorConfig",
+    "ConfigError",
+    "EncoderConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "EvalResult",
+    "ExplorationConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "NetworkConfig",
+    "OptimConfig",
+    "ReplayConfig",
+    "RunLogger",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "find_latest_checkpoint",
+    "load_checkpoint",
+    "load_config",
+    "make_summary",
+    "save_checkpoint",
+    "train",
+    "validate_config",
+    "write_summary",
+]

@@ -1,0 +1,371 @@
+"""Build every piece of a run from a :class:`~torchrl_rise.training.config.TrainConfig`, in one place.
+
+Where the frozen encoder runs: :class:`EnvFactory` appends
+:class:`~torchrl_rise.transforms.RiseContextTransform` to the env it builds, so the acting policy
+sees ``rise_context`` at every step whatever collector runs it. With the single-process collector
+the training and evaluation envs share one encoder instance; with multi-process (or Ray) collectors
+each worker builds its own frozen copy from the config (the encoder never changes, so nothing has to
+be synchronised; ``encoder.name=online`` is therefore restricted to the single-process collector).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchrl_rise._optional import import_optional
+from torchrl_rise.training.config import ConfigError, TrainConfig
+
+__all__ = [
+    "Components",
+    "EnvFactory",
+    "build_collector",
+    "build_components",
+    "build_encoder",
+    "build_loss",
+    "build_network",
+    "build_optimizer",
+    "build_replay",
+    "embedding_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def embedding_dtype(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` (``float16``, ``bfloat16``, ``float32``)."""
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def build_encoder(cfg: TrainConfig, *, frame_channels: int, module: nn.Module | None = None):
+    """The frozen encoder of ``cfg.encoder`` (``module`` is the agent's CNN for ``online``)."""
+    from torchrl_rise.encoders import make_encoder
+
+    kwargs: dict[str, Any] = dict(cfg.encoder.kwargs)
+    if cfg.encoder.name == "online":
+        if module is None:
+            raise ConfigError("encoder.name=online needs the agent's CNN (module=...).")
+        kwargs["module"] = module
+    else:
+        kwargs["weights"] = cfg.encoder.weights
+    return make_encoder(cfg.encoder.name, frame_channels=frame_channels, **kwargs)
+
+
+class EnvFactory:
+    """Picklable env constructor: ``make_env`` + (for RISE) the context transform.
+
+    Collectors call it in worker processes, so it holds only the config values it needs (and,
+    in-process, an optional prebuilt encoder to share).
+
+    Args:
+        cfg: the training config.
+        num_envs: batch size of the env.
+        seed: base seed.
+        eval_mode: build evaluation envs (``env.eval_kwargs`` are added).
+        encoder: a prebuilt encoder to reuse (single-process only); built from ``cfg`` if ``None``.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        num_envs: int,
+        seed: int,
+        eval_mode: bool = False,
+        encoder: nn.Module | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.num_envs = num_envs
+        self.seed = seed
+        self.eval_mode = eval_mode
+        self.encoder = encoder
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["encoder"] = None  # workers build their own frozen copy
+        return state
+
+    def make_base(self):
+        """The suite env without the context transform."""
+        from torchrl_rise.envs import make_env
+
+        env_cfg = self.cfg.env
+        kwargs = dict(env_cfg.kwargs)
+        if self.eval_mode:
+            kwargs.update(env_cfg.eval_kwargs)
+        return make_env(
+            env_cfg.suite,
+            env_cfg.env_id,
+            num_envs=self.num_envs,
+            seed=self.seed,
+            frame_stack=env_cfg.frame_stack,
+            frame_size=(
+                tuple(env_cfg.frame_size)
+                if isinstance(env_cfg.frame_size, (list, tuple))
+                else env_cfg.frame_size
+            ),
+            clip_rewards=env_cfg.clip_rewards and not self.eval_mode,
+            eval_mode=self.eval_mode,
+            max_episode_frames=env_cfg.max_episode_frames,
+            **kwargs,
+        )
+
+    def __call__(self):
+        env = self.make_base()
+        if self.cfg.method != "rise":
+            return env
+        from torchrl_rise.envs import describe_env
+        from torchrl_rise.transforms import RiseContextTransform
+
+        encoder = self.encoder
+        if encoder is None:
+            encoder = build_encoder(self.cfg, frame_channels=describe_env(env).frame_channels)
+        env.append_transform(
+            RiseContextTransform(
+                encoder,
+                context_length=self.cfg.encoder.context_length,
+                embedding_dtype=embedding_dtype(self.cfg.encoder.dtype),
+                encoder_device=next(encoder.parameters(), torch.empty(0)).device,
+            )
+        )
+        return env
+
+
+def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
+    """The Q-network of ``cfg.method`` for the env described by ``env_info``."""
+    from torchrl_rise.modules import make_q_network
+
+    kwargs: dict[str, Any] = dict(cfg.network.kwargs)
+    if cfg.method == "rise":
+        kwargs.setdefault("context_length", cfg.encoder.context_length)
+        kwargs["embedding_dim"] = embedding_dim
+    try:
+        return make_q_network(
+            cfg.method,
+            num_actions=env_info.num_actions,
+            in_channels=env_info.frame_stack * env_info.frame_channels,
+            frame_size=env_info.frame_size,
+            **kwargs,
+        )
+    except TypeError as err:
+        raise ConfigError(f"invalid network option in network.kwargs={kwargs}: {err}") from err
+
+
+def build_loss(cfg: TrainConfig, net: nn.Module):
+    """``IQNLoss`` (BTR's IQN + Munchausen) and its hard target updater."""
+    from torchrl.objectives import HardUpdate
+
+    from torchrl_rise.objectives import IQNLoss
+
+    kwargs: dict[str, Any] = dict(cfg.loss.kwargs)
+    if cfg.optim.bf16:
+        kwargs["autocast_dtype"] = torch.bfloat16
+    try:
+        loss = IQNLoss(net, munchausen=cfg.loss.munchausen, gamma=cfg.loss.gamma, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"invalid loss option in loss.kwargs={cfg.loss.kwargs}: {err}") from err
+    updater = HardUpdate(loss, value_network_update_interval=cfg.loss.target_update_interval)
+    return loss, updater
+
+
+def build_optimizer(cfg: TrainConfig, loss: nn.Module) -> torch.optim.Optimizer:
+    """Adam over the loss's trainable parameters (the target network is excluded)."""
+    params = [p for p in loss.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.optim.lr, eps=cfg.optim.eps)
+
+
+def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scratch_dir: Path):
+    """The context-window replay buffer (it refuses to start if its memmaps cannot fit on disk)."""
+    from torchrl_rise.replay import InsufficientDiskSpaceError, RiseReplayBuffer
+
+    rp = cfg.replay
+    kwargs: dict[str, Any] = dict(rp.kwargs)
+    if cfg.method == "rise":
+        kwargs.update(
+            embedding_dim=int(embedding_dim),
+            context_length=cfg.encoder.context_length,
+            embedding_dtype=embedding_dtype(cfg.encoder.dtype),
+        )
+    else:
+        kwargs.update(context_length=0)
+    try:
+        return RiseReplayBuffer(
+            rp.capacity,
+            cfg.env.num_envs,
+            frame_shape=(env_info.frame_channels, *env_info.frame_size),
+            frame_stack=env_info.frame_stack,
+            n_step=cfg.loss.n_step,
+            gamma=cfg.loss.gamma,
+            prioritized=rp.prioritized,
+            alpha=rp.alpha,
+            beta=rp.beta,
+            batch_size=rp.batch_size,
+            scratch_dir=Path(rp.scratch_dir) if rp.scratch_dir else scratch_dir,
+            seed=cfg.seed,
+            **kwargs,
+        )
+    except InsufficientDiskSpaceError as err:
+        raise ConfigError(f"{err} (replay.scratch_dir / replay.capacity)") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid replay configuration: {err}") from err
+
+
+def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, policy: nn.Module):
+    """The TorchRL collector of ``cfg.collector.backend``; each batch is ``[num_envs, T]``.
+
+    - ``direct``: :class:`torchrl.collectors.Collector` stepping all ``num_envs`` envs in-process
+      (the training env shares ``encoder`` with the evaluation env).
+    - ``multi_sync``: :class:`torchrl.collectors.MultiSyncCollector`, ``num_workers`` processes
+      of ``num_envs / num_workers`` envs each; their batches are concatenated env-wise
+      (``cat_results=0``) so row ``i`` is always env ``i`` (the replay keeps one lane per env).
+    - ``ray``: :class:`torchrl.collectors.distributed.RayCollector` (``pip install ray``), in
+      sync mode for the same reason; batches come stacked ``[workers, envs, T]`` and the loop
+      flattens them.
+
+    ``T`` is ``collector.steps_per_batch`` (1: one vector step per batch, one update after it).
+    """
+    co = cfg.collector
+    steps = co.steps_per_batch
+    if co.backend == "direct":
+        from torchrl.collectors import Collector
+
+        env_fn = EnvFactory(cfg, num_envs=cfg.env.num_envs, seed=seed, encoder=encoder)
+        return Collector(
+            env_fn,
+            policy,
+            frames_per_batch=cfg.env.num_envs * steps,
+            total_frames=-1,
+            env_device="cpu",
+            policy_device=cfg.device,
+            storing_device="cpu",
+            track_traj_ids=False,
+            # the context window lives in the env (RiseContextTransform): no InitTracker/primer
+            auto_register_policy_transforms=False,
+        )
+    per_worker = cfg.env.num_envs // co.num_workers
+    env_fns = [
+        EnvFactory(cfg, num_envs=per_worker, seed=seed + i * per_worker)
+        for i in range(co.num_workers)
+    ]
+    if co.backend == "multi_sync":
+        from torchrl.collectors import MultiSyncCollector
+
+        return MultiSyncCollector(
+            env_fns,
+            policy,
+            frames_per_batch=cfg.env.num_envs * steps,
+            total_frames=-1,
+            env_device="cpu",
+            policy_device=cfg.device,
+            storing_device="cpu",
+            cat_results=0,
+            auto_register_policy_transforms=False,
+        )
+    if co.backend == "ray":
+        try:
+            import_optional("ray", extra="ray", purpose="collector.backend=ray")
+        except ImportError as err:
+            raise ConfigError(
+                "collector.backend=ray needs Ray, which is not installed: `pip install ray` "
+                "(or `pip install 'torchrl_rise[ray]'`), or use collector.backend=multi_sync on "
+                "one machine."
+            ) from err
+        from torchrl.collectors import Collector
+        from torchrl.collectors.distributed import RayCollector
+
+        return RayCollector(
+            env_fns,
+            policy,
+            collector_class=Collector,
+            frames_per_batch=cfg.env.num_envs * steps,
+            total_frames=-1,
+            sync=True,
+            ray_init_config=dict(co.ray_init) or None,
+            remote_configs=dict(co.ray_remote) or None,
+        )
+    raise ConfigError(f"unknown collector.backend {co.backend!r}")
+
+
+@dataclass
+class Components:
+    """Everything :class:`~torchrl_rise.training.loop.Trainer` drives."""
+
+    env_info: Any
+    encoder: nn.Module | None
+    encoder_info: dict[str, Any] | None
+    net: nn.Module
+    actor: nn.Module
+    loss: nn.Module
+    target_updater: Any
+    optimizer: torch.optim.Optimizer
+    replay: Any
+    eval_env_factory: EnvFactory
+
+
+def build_components(cfg: TrainConfig, *, scratch_dir: Path) -> Components:
+    """Build env info, encoder, network, actor, loss, optimizer and replay (not the collector)."""
+    probe_factory = EnvFactory(cfg, num_envs=1, seed=cfg.seed)
+    probe = probe_factory.make_base()
+    from torchrl_rise.envs import describe_env
+
+    env_info = describe_env(probe)
+    action_spec = probe.full_action_spec[probe.action_key]
+    action_spec = action_spec[0] if action_spec.shape else action_spec  # per-env spec
+    probe.close()
+
+    encoder = None
+    encoder_info = None
+    embedding_dim = None
+    if cfg.method == "rise":
+        if cfg.encoder.name == "online":
+            raise ConfigError(
+                "encoder.name=online is built from the network's CNN after the network exists; "
+                "it is not supported by the recipes yet: pick a frozen encoder (resnet18, ...)."
+            )
+        encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
+        embedding_dim = int(encoder.embedding_dim)
+        encoder_info = {
+            "name": cfg.encoder.name,
+            "weights_source": getattr(encoder, "weights_source", None),
+            "embedding_dim": embedding_dim,
+        }
+    device = torch.device(cfg.device)
+    if encoder is not None and device.type != "cpu" and cfg.collector.backend == "direct":
+        encoder = encoder.to(device)  # the env transform sends pixels there, embeddings come back
+    net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(device)
+    from torchrl_rise.modules import make_actor
+
+    ex = cfg.exploration
+    actor = make_actor(
+        net,
+        action_spec=action_spec,
+        eps_init=ex.eps_start,
+        eps_end=ex.eps_end,
+        eps_decay_frames=ex.eps_decay_frames,
+        eps_off_after_frames=ex.eps_off_after_frames or None,
+    )
+    loss, updater = build_loss(cfg, net)
+    optimizer = build_optimizer(cfg, loss)
+    replay = build_replay(
+        cfg, env_info=env_info, embedding_dim=embedding_dim, scratch_dir=scratch_dir
+    )
+    eval_factory = EnvFactory(
+        cfg, num_envs=cfg.eval.num_envs, seed=cfg.seed + 1_000_003, eval_mode=True, encoder=encoder
+    )
+    return Components(
+        env_info=env_info,
+        encoder=encoder,
+        encoder_info=encoder_info,
+        net=net,
+        actor=actor,
+        loss=loss,
+        target_updater=updater,
+        optimizer=optimizer,
+        replay=replay,
+        eval_env_factory=eval_factory,
+    )

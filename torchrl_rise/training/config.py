@@ -1,0 +1,465 @@
+"""Structured training configuration with validation that explains what is wrong and how to fix it.
+
+The hydra YAML files in ``recipes/config/`` are the user-facing configuration; they are merged onto
+:class:`TrainConfig` (so a misspelt key fails with the key's name) and checked by
+:func:`validate_config` before anything is built. Defaults are Beyond The Rainbow's Atari settings
+(``docs/recipes.md`` lists them); the other suites override what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "METHODS",
+    "SUITES",
+    "CheckpointConfig",
+    "CollectorConfig",
+    "ConfigError",
+    "EncoderConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "ExplorationConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "NetworkConfig",
+    "OptimConfig",
+    "ReplayConfig",
+    "TrainConfig",
+    "check_disk_space",
+    "load_config",
+    "validate_config",
+]
+
+METHODS = ("rise", "btr", "recurrent_baseline")
+SUITES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
+BACKENDS = ("direct", "multi_sync", "ray")
+LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and the fix."""
+
+
+@dataclass
+class EnvConfig:
+    """Which environment to train on and how its observations are prepared.
+
+    Attributes:
+        suite: one of ``atari``, ``vizdoom``, ``procgen``, ``miniworld``, ``memory``.
+        env_id: the suite's id (e.g. ``"Pong"`` / ``"ALE/Pong-v5"`` for Atari).
+        num_envs: environments stepped together (one vector step = ``num_envs`` frames).
+        frame_stack: frames stacked into the policy observation (``None``: the suite's default).
+        frame_size: side of each (resized) frame, or ``[H, W]`` (``None``: the suite's default).
+        clip_rewards: clip rewards to [-1, 1] for learning (raw scores are still reported).
+        max_episode_frames: episode cap in simulator frames (``None``: the suite's; Atari 108K).
+        kwargs: extra keyword arguments for the suite's ``make_env`` (e.g. ``num_levels``).
+        eval_kwargs: keyword arguments that only the evaluation envs get (e.g. unseen levels).
+    """
+
+    suite: str = "atari"
+    env_id: str = "Pong"
+    num_envs: int = 64
+    frame_stack: int | None = 4
+    frame_size: Any = 84
+    clip_rewards: bool = True
+    max_episode_frames: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen encoder whose embeddings form the RISE context window.
+
+    Attributes:
+        name: encoder name for ``torchrl_rise.encoders.make_encoder`` (``resnet18``, ``online``...).
+        weights: ``"imagenet"``, a path to a state-dict file, or ``None`` for random frozen weights.
+        context_length: ``K``, the number of past embeddings (current one included) the LSTM reads.
+        dtype: storage dtype of the embeddings (``float16`` or ``float32``).
+        kwargs: extra keyword arguments for ``make_encoder``.
+    """
+
+    name: str = "resnet18"
+    weights: str | None = "imagenet"
+    context_length: int = 20
+    dtype: str = "float16"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NetworkConfig:
+    """Q-network options passed to ``torchrl_rise.modules.make_q_network`` as keyword arguments."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """IQN + Munchausen loss (BTR). ``kwargs`` go to ``IQNLoss`` unchanged."""
+
+    gamma: float = 0.997
+    n_step: int = 3
+    munchausen: bool = True
+    target_update_interval: int = 500
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Adam with BTR's settings; ``bf16`` runs the learner's forward under bfloat16 autocast."""
+
+    lr: float = 1e-4
+    eps: float = 1.95e-5
+    grad_clip: float = 10.0
+    updates_per_vector_step: float = 1.0
+    bf16: bool = False
+
+
+@dataclass
+class ReplayConfig:
+    """Context-window replay buffer (``torchrl_rise.replay.RiseReplayBuffer``)."""
+
+    capacity: int = 2**20
+    batch_size: int = 256
+    learning_starts: int = 200_000
+    prioritized: bool = True
+    alpha: float = 0.2
+    beta: float = 0.4
+    scratch_dir: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExplorationConfig:
+    """Epsilon-greedy on top of noisy nets: linear decay, then off (BTR)."""
+
+    eps_start: float = 1.0
+    eps_end: float = 0.01
+    eps_decay_frames: int = 8_000_000
+    eps_off_after_frames: int = 100_000_000
+
+
+@dataclass
+class CollectorConfig:
+    """TorchRL collector backend.
+
+    Attributes:
+        backend: ``direct`` (``torchrl.collectors.Collector``, one process), ``multi_sync``
+            (``MultiSyncCollector``: ``num_workers`` processes on this machine, each stepping
+            ``env.num_envs / num_workers`` envs) or ``ray``
+            (``torchrl.collectors.distributed.RayCollector``, across machines). Asynchronous
+            collection is not offered: the replay keeps one lane per env and is written with
+            every env's steps at once. Worker processes are spawned (TorchRL's default start
+            method), which every suite supports (MiniWorld's OpenGL hangs in forked workers).
+        num_workers: worker processes (or Ray actors); must divide ``env.num_envs``.
+        steps_per_batch: vector steps per collector batch (one update per vector step is kept).
+        ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``).
+        ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``).
+    """
+
+    backend: str = "direct"
+    num_workers: int = 1
+    steps_per_batch: int = 1
+    ray_init: dict[str, Any] = field(default_factory=dict)
+    ray_remote: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on separate envs: noise off, eps-greedy with ``eps`` (BTR: 0.01)."""
+
+    interval_frames: int = 1_000_000
+    episodes: int = 100
+    num_envs: int = 8
+    eps: float = 0.01
+    max_steps: int = 27_000
+    video: bool = False
+    video_fps: int = 30
+    final: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Where and how the run is logged.
+
+    Attributes:
+        root: parent of the run directory ``<root>/<suite>/<env>/<method>/seed<seed>/<time>``.
+        run_dir: use this directory instead (e.g. hydra's output dir).
+        backends: any of ``csv`` (always written: ``train.csv``/``eval.csv``), ``tensorboard``,
+            ``wandb``.
+        interval_frames: a ``train.csv`` row every this many frames.
+        gate_interval_updates: gate diagnostics every this many gradient updates.
+        progress: show a tqdm progress bar.
+        wandb_project: W&B project when ``wandb`` is among the backends.
+    """
+
+    root: str = "runs"
+    run_dir: str | None = None
+    backends: list[str] = field(default_factory=lambda: ["csv"])
+    interval_frames: int = 10_000
+    gate_interval_updates: int = 250
+    progress: bool = True
+    wandb_project: str = "torchrl_rise"
+
+
+@dataclass
+class CheckpointConfig:
+    """Periodic and on-signal checkpoints (model, target, optimizer, replay, counters, RNG)."""
+
+    interval_frames: int = 1_000_000
+    keep: int = 2
+    save_replay: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see ``docs/training.md``.
+
+    Example:
+        >>> cfg = TrainConfig(method="btr", total_frames=50_000_000)
+        >>> validate_config(cfg) is cfg
+        True
+        >>> cfg.replay.batch_size
+        256
+    """
+
+    method: str = "rise"
+    seed: int = 0
+    total_frames: int = 10_000_000
+    device: str = "cpu"
+    num_threads: int | None = None
+    resume: Any = False
+    env: EnvConfig = field(default_factory=EnvConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether the method reads the frozen-embedding context window."""
+        return self.method == "rise"
+
+
+def load_config(cfg: Any = None, **overrides: Any) -> TrainConfig:
+    """Build a validated :class:`TrainConfig` from a hydra ``DictConfig``, a dict or a TrainConfig.
+
+    Unknown keys and wrong types are rejected with the offending key's name.
+
+    Args:
+        cfg: the configuration (``None`` for the defaults).
+        **overrides: dotted-free top-level overrides applied last (e.g. ``seed=3``).
+
+    Example:
+        >>> cfg = load_config({"method": "btr", "env": {"num_envs": 8}})
+        >>> (cfg.method, cfg.env.num_envs, cfg.env.frame_size)
+        ('btr', 8, 84)
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(cfg, TrainConfig):
+        cfg = OmegaConf.structured(cfg)
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg or {}, overrides)
+        # Hydra may leave its own node in the config when composed with return_hydra_config.
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"invalid training configuration: {err}\nKeys and types must match TrainConfig "
+            "(torchrl_rise/training/config.py; documented in docs/training.md)."
+        ) from err
+    assert isinstance(obj, TrainConfig)
+    return validate_config(obj)
+
+
+def _positive(value: Any, name: str, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+
+
+def _probability(value: float, name: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must lie in [0, 1], got {value!r}.")
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Check every value that can be checked without building anything; return ``cfg``.
+
+    Raises:
+        ConfigError: naming the key, the bad value and how to fix it.
+    """
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}.")
+    if cfg.env.suite not in SUITES:
+        raise ConfigError(
+            f"env.suite must be one of {SUITES}, got {cfg.env.suite!r}. Pick the recipe for the "
+            "suite (recipes/atari.py, recipes/vizdoom.py, ...)."
+        )
+    if not cfg.env.env_id:
+        raise ConfigError("env.env_id is empty: name the game/scenario, e.g. env.env_id=Pong.")
+    _positive(cfg.total_frames, "total_frames")
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {cfg.device!r}.")
+    _positive(cfg.env.num_envs, "env.num_envs")
+    if cfg.env.frame_stack is not None:
+        _positive(cfg.env.frame_stack, "env.frame_stack")
+    size = cfg.env.frame_size
+    if size is not None:
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+        if len(sizes) not in (1, 2) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes
+        ):
+            raise ConfigError(
+                f"env.frame_size must be a positive int or [height, width], got {size!r}."
+            )
+    if cfg.env.max_episode_frames is not None:
+        _positive(cfg.env.max_episode_frames, "env.max_episode_frames")
+    if cfg.num_threads is not None:
+        _positive(cfg.num_threads, "num_threads")
+    if cfg.uses_context and cfg.encoder.context_length < 1:
+        raise ConfigError(
+            f"encoder.context_length (K) must be >= 1 for method={cfg.method!r}, got "
+            f"{cfg.encoder.context_length}. The paper finds K=20 already helps; 80-160 is better."
+        )
+    if cfg.encoder.dtype not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(
+            f"encoder.dtype must be float16, bfloat16 or float32, got {cfg.encoder.dtype!r}."
+        )
+    _positive(cfg.loss.n_step, "loss.n_step")
+    if not 0.0 < cfg.loss.gamma <= 1.0:
+        raise ConfigError(f"loss.gamma must lie in (0, 1], got {cfg.loss.gamma}.")
+    _positive(cfg.loss.target_update_interval, "loss.target_update_interval")
+    _positive(cfg.optim.lr, "optim.lr")
+    _positive(cfg.optim.eps, "optim.eps")
+    _positive(cfg.optim.grad_clip, "optim.grad_clip")
+    _positive(cfg.optim.updates_per_vector_step, "optim.updates_per_vector_step")
+
+    rp = cfg.replay
+    _positive(rp.capacity, "replay.capacity")
+    _positive(rp.batch_size, "replay.batch_size")
+    _positive(rp.learning_starts, "replay.learning_starts", allow_zero=True)
+    _probability(rp.alpha, "replay.alpha")
+    _probability(rp.beta, "replay.beta")
+    if rp.batch_size > rp.capacity:
+        raise ConfigError(
+            f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
+            "the buffer can never serve such a batch. Lower the batch or raise the capacity."
+        )
+    # Before learning starts the buffer holds ``learning_starts`` transitions, of which the last
+    # n-1 of each env have no complete n-step target yet.
+    servable = min(rp.learning_starts, rp.capacity) - cfg.env.num_envs * (cfg.loss.n_step - 1)
+    if rp.batch_size > servable:
+        raise ConfigError(
+            f"replay.batch_size={rp.batch_size} is more than the buffer can serve when learning "
+            f"starts ({servable} complete transitions: min(learning_starts={rp.learning_starts}, "
+            f"capacity={rp.capacity}) minus {cfg.env.num_envs} envs x (n_step-1)). Raise "
+            "replay.learning_starts or lower replay.batch_size."
+        )
+    if rp.learning_starts > cfg.total_frames:
+        raise ConfigError(
+            f"replay.learning_starts={rp.learning_starts} exceeds total_frames="
+            f"{cfg.total_frames}: the run would never learn. Lower replay.learning_starts."
+        )
+
+    ex = cfg.exploration
+    _probability(ex.eps_start, "exploration.eps_start")
+    _probability(ex.eps_end, "exploration.eps_end")
+    _positive(ex.eps_decay_frames, "exploration.eps_decay_frames")
+    _positive(ex.eps_off_after_frames, "exploration.eps_off_after_frames", allow_zero=True)
+
+    co = cfg.collector
+    if co.backend not in BACKENDS:
+        raise ConfigError(f"collector.backend must be one of {BACKENDS}, got {co.backend!r}.")
+    _positive(co.num_workers, "collector.num_workers")
+    _positive(co.steps_per_batch, "collector.steps_per_batch")
+    if co.backend == "direct" and co.num_workers != 1:
+        raise ConfigError(
+            f"collector.backend=direct runs in one process but collector.num_workers="
+            f"{co.num_workers}. Use collector.backend=multi_sync for workers."
+        )
+    if cfg.env.num_envs % co.num_workers:
+        raise ConfigError(
+            f"env.num_envs={cfg.env.num_envs} is not divisible by collector.num_workers="
+            f"{co.num_workers}: every worker steps the same number of envs."
+        )
+    if cfg.encoder.name == "online" and co.backend != "direct":
+        raise ConfigError(
+            "encoder.name=online embeds with the agent's own (learning) CNN, which runs inside the "
+            "env transform; worker processes would keep stale copies of it. Use "
+            "collector.backend=direct with the online encoder."
+        )
+    if cfg.method == "recurrent_baseline":
+        raise ConfigError(
+            "method=recurrent_baseline is not trained by this loop: its R2D2-style network learns "
+            "from stored sequences with burn-in, which the context-window replay does not sample. "
+            "Use it through torchrl_rise.modules / benchmarks for walltime comparisons, or train "
+            "method=rise or method=btr."
+        )
+
+    ev = cfg.eval
+    _positive(ev.interval_frames, "eval.interval_frames")
+    _positive(ev.episodes, "eval.episodes")
+    _positive(ev.num_envs, "eval.num_envs")
+    _positive(ev.max_steps, "eval.max_steps")
+    _probability(ev.eps, "eval.eps")
+
+    lg = cfg.logging
+    unknown = [b for b in lg.backends if b not in LOGGER_BACKENDS]
+    if unknown:
+        raise ConfigError(
+            f"logging.backends has unknown entries {unknown}; choose from {LOGGER_BACKENDS}."
+        )
+    _positive(lg.interval_frames, "logging.interval_frames")
+    _positive(lg.gate_interval_updates, "logging.gate_interval_updates")
+
+    ck = cfg.checkpoint
+    _positive(ck.interval_frames, "checkpoint.interval_frames")
+    _positive(ck.keep, "checkpoint.keep")
+    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
+        raise ConfigError(
+            "resume must be false, true (the latest run with the same suite/env/method/seed) or "
+            f"the path of a run directory or checkpoint; got {cfg.resume!r}."
+        )
+    return cfg
+
+
+def check_disk_space(
+    path: str | Path, needed_bytes: int, *, what: str = "the replay buffer", hint: str = ""
+) -> None:
+    """Raise :class:`ConfigError` if the file system holding ``path`` has less than ``needed_bytes``.
+
+    Example:
+        >>> check_disk_space(".", 1)
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed_bytes > free:
+        raise ConfigError(
+            f"{what} needs about {needed_bytes / 2**30:.2f} GiB at {path}, but only "
+            f"{free / 2**30:.2f} GiB is free there. {hint}".strip()
+        )
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain (JSON-serialisable) nested dicts."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,211 @@
+"""Evaluation episodes on separate envs: noise off, eps-greedy on the mean-over-taus Q (BTR).
+
+BTR evaluates with noisy layers in their mean (no noise) and eps = 0.01 (so a deterministic policy
+cannot loop forever). The envs are the run's own evaluation envs (``eval_mode=True``), so training
+episodes in flight are not disturbed. Scores are the raw (unclipped) episode scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+
+from torchrl_rise import keys
+
+__all__ = ["EvalResult", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation.
+
+    Attributes:
+        scores: raw score of each finished episode.
+        lengths: agent steps of each finished episode.
+        successes: per-episode success flags, if the env reports ``success``.
+        frames: video frames ``[T, H, W, C]`` uint8 of the first episode of env 0, if recorded.
+    """
+
+    scores: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    successes: list[float] | None = None
+    frames: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores)) if self.scores else math.nan
+
+    @property
+    def success_rate(self) -> float | None:
+        return float(np.mean(self.successes)) if self.successes else None
+
+    def row(self) -> dict[str, Any]:
+        """Statistics for ``eval.csv``."""
+        scores = np.asarray(self.scores, dtype=np.float64)
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "median": float(np.median(scores)) if scores.size else math.nan,
+            "min": float(scores.min()) if scores.size else math.nan,
+            "max": float(scores.max()) if scores.size else math.nan,
+            "n": self.n,
+            "success_rate": self.success_rate,
+        }
+
+
+def _last_frame(pixels: torch.Tensor, channels: int) -> np.ndarray:
+    frame = pixels[-channels:]  # newest frame of the stack, [C, H, W]
+    return frame.permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate(
+    policy: TensorDictModuleBase | Callable[[TensorDictBase], TensorDictBase],
+    env: EnvBase,
+    *,
+    episodes: int,
+    eps: float = 0.01,
+    max_steps: int = 27_000,
+    score_key: str | None = "episode_score",
+    success_key: str = "success",
+    action_value_key: str = keys.ACTION_VALUE,
+    action_key: str = keys.ACTION,
+    record_video: bool = False,
+    frame_channels: int = 1,
+    pixels_key: str = keys.PIXELS,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> EvalResult:
+    """Play ``episodes`` episodes greedily (eps-greedy) with noise off and return their raw scores.
+
+    Each of the env's ``N`` batched envs contributes its first ``ceil(episodes / N)`` episodes
+    (so short episodes are not over-represented); the rest are discarded.
+
+    Args:
+        policy: a module writing ``action_value`` ``[N, A]`` from the env's observation.
+        env: a batched TorchRL env (batch ``[N]``).
+        episodes: how many episodes to score.
+        eps: probability of a uniformly random action (BTR: 0.01).
+        max_steps: per-episode step limit of this evaluation; episodes still running after
+            ``ceil(episodes / N) * max_steps`` vector steps are dropped (with a warning).
+        score_key: key under ``"next"`` holding the env's raw episode score (written when an episode
+            ends); if absent, rewards are summed here (then they must not be clipped).
+        success_key: key under ``"next"`` with a per-episode success flag, if the env has one.
+        action_value_key: the policy's Q-value output.
+        action_key: the env's action key.
+        record_video: keep the frames of env 0's first episode.
+        frame_channels: channels per frame (to cut the newest frame out of the stack for video).
+        pixels_key: the observation key used for video frames.
+        generator: RNG for the eps-greedy draws.
+        device: run the policy there (the env's data is moved to it and the actions back).
+
+    Example:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.envs import GymEnv
+        >>> env = GymEnv("CartPole-v1")
+        >>> net = TensorDictModule(torch.nn.Linear(4, 2), ["observation"], ["action_value"])
+        >>> res = evaluate(net, env, episodes=2, score_key=None)
+        >>> res.n
+        2
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    batch = env.batch_size.numel() if len(env.batch_size) else 1
+    per_env = math.ceil(episodes / batch)
+    quota = torch.full((batch,), per_env, dtype=torch.long)
+    running = torch.zeros(batch, dtype=torch.float64)
+    steps = torch.zeros(batch, dtype=torch.long)
+    result = EvalResult()
+    successes: list[float] = []
+    video: list[np.ndarray] = []
+    recording = record_video
+    was_training = getattr(policy, "training", False)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    try:
+        td = env.reset()
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for _ in range(per_env * max_steps):
+                if device is None:
+                    td = policy(td)
+                    q = td.get(action_value_key)
+                else:
+                    q = policy(td.to(device)).get(action_value_key).cpu()
+                greedy = q.argmax(-1)
+                if eps > 0:
+                    explore = torch.rand(greedy.shape, generator=generator) < eps
+                    rand = torch.randint(q.shape[-1], greedy.shape, generator=generator)
+                    greedy = torch.where(explore, rand, greedy)
+                td.set(action_key, greedy)
+                if recording:
+                    pixels = td.get(pixels_key)
+                    video.append(
+                        _last_frame(pixels.reshape(-1, *pixels.shape[-3:])[0], frame_channels)
+                    )
+                td, td_next = env.step_and_maybe_reset(td)
+                nxt = td.get("next")
+                reward = nxt.get(keys.REWARD).reshape(batch).double()
+                running += reward
+                steps += 1
+                done = nxt.get(keys.DONE).reshape(batch)
+                if done.any():
+                    raw = (
+                        nxt.get(score_key).reshape(batch).double()
+                        if score_key is not None and score_key in nxt
+                        else running
+                    )
+                    success = (
+                        nxt.get(success_key).reshape(batch).float() if success_key in nxt else None
+                    )
+                    for i in done.nonzero().flatten().tolist():
+                        if quota[i] > 0:
+                            result.scores.append(float(raw[i]))
+                            result.lengths.append(int(steps[i]))
+                            if success is not None:
+                                successes.append(float(success[i]))
+                            quota[i] -= 1
+                        if i == 0:
+                            recording = False
+                    running[done] = 0
+                    steps[done] = 0
+                if (quota <= 0).all():
+                    break
+                td = td_next
+            else:
+                logger.warning(
+                    "evaluation stopped after %d vector steps with %d of %d episodes finished; "
+                    "raise eval.max_steps if episodes are longer",
+                    per_env * max_steps,
+                    result.n,
+                    per_env * batch,
+                )
+    finally:
+        if was_training and hasattr(policy, "train"):
+            policy.train()
+    result.scores = result.scores[:episodes]
+    result.lengths = result.lengths[:episodes]
+    if successes:
+        result.successes = successes[:episodes]
+    if record_video and video:
+        result.frames = np.stack(video)
+    return result
