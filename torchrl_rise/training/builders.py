@@ -230,23 +230,20 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     ``T`` is ``collector.steps_per_batch`` (1: one vector step per batch, one update after it).
     """
     co = cfg.collector
-    steps = co.steps_per_batch
+    common = dict(
+        frames_per_batch=cfg.env.num_envs * co.steps_per_batch,
+        total_frames=-1,
+        env_device="cpu",
+        policy_device=cfg.device,
+        storing_device="cpu",
+        # the context window lives in the env (RiseContextTransform): no InitTracker/primer
+        auto_register_policy_transforms=False,
+    )
     if co.backend == "direct":
         from torchrl.collectors import Collector
 
         env_fn = EnvFactory(cfg, num_envs=cfg.env.num_envs, seed=seed, encoder=encoder)
-        return Collector(
-            env_fn,
-            policy,
-            frames_per_batch=cfg.env.num_envs * steps,
-            total_frames=-1,
-            env_device="cpu",
-            policy_device=cfg.device,
-            storing_device="cpu",
-            track_traj_ids=False,
-            # the context window lives in the env (RiseContextTransform): no InitTracker/primer
-            auto_register_policy_transforms=False,
-        )
+        return Collector(env_fn, policy, track_traj_ids=False, **common)
     per_worker = cfg.env.num_envs // co.num_workers
     env_fns = [
         EnvFactory(cfg, num_envs=per_worker, seed=seed + i * per_worker)
@@ -255,17 +252,7 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     if co.backend == "multi_sync":
         from torchrl.collectors import MultiSyncCollector
 
-        return MultiSyncCollector(
-            env_fns,
-            policy,
-            frames_per_batch=cfg.env.num_envs * steps,
-            total_frames=-1,
-            env_device="cpu",
-            policy_device=cfg.device,
-            storing_device="cpu",
-            cat_results=0,
-            auto_register_policy_transforms=False,
-        )
+        return MultiSyncCollector(env_fns, policy, cat_results=0, **common)
     if co.backend == "ray":
         try:
             import_optional("ray", extra="ray", purpose="collector.backend=ray")
@@ -282,7 +269,7 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
             env_fns,
             policy,
             collector_class=Collector,
-            frames_per_batch=cfg.env.num_envs * steps,
+            frames_per_batch=common["frames_per_batch"],
             total_frames=-1,
             sync=True,
             ray_init_config=dict(co.ray_init) or None,
