@@ -93,14 +93,18 @@ class Learner:
     def __init__(
         self, kind: str, *, k: int | None = None, burn_in: int = 40, chunks: int = 1, **loss_kwargs
     ):
-        channels_last = loss_kwargs.pop("channels_last", False)
+        net_kwargs = (
+            {"channels_last": loss_kwargs.pop("channels_last")}
+            if "channels_last" in loss_kwargs
+            else {}
+        )
         self.net = make_q_network(
             kind,
             num_actions=ACTIONS,
             in_channels=STACK,
             burn_in=burn_in,
             context_length=k,
-            channels_last=channels_last,
+            **net_kwargs,  # none given: the library's defaults
         )
         self.loss = IQNLoss(self.net, **loss_kwargs)
         self.params = list(self.loss.value_network_params.values(True, True))
@@ -191,6 +195,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as the trainer does: see docs/network.md (context stream)
     torch.manual_seed(0)
     if args.quick:
         batch, ks, seqs, chunk_seqs, burn, train, repeats = (
@@ -223,15 +228,21 @@ def main() -> None:
 
     # ---- part 1: CPU speed-ups on btr and rise K=k_mid --------------------------------------
     variants = [
-        ("fp32, target at s_t and s_{t+n} in two passes", dict(batched_target=False)),
-        ("fp32, one batched target pass", dict(batched_target=True)),
         (
-            "bf16 autocast + channels-last, one batched target pass",
-            dict(batched_target=True, autocast_dtype=torch.bfloat16, channels_last=True),
+            "fp32, NCHW, M-IQN log-policy from the target at s_t (target runs on 2B)",
+            dict(channels_last=False, munchausen_log_policy="target", batched_target=True),
         ),
         (
-            "bf16 + channels-last, online log-policy at s_t (BTR code: one target pass of B)",
-            dict(munchausen_log_policy="online", autocast_dtype=torch.bfloat16, channels_last=True),
+            "fp32, NCHW, BTR's online log-policy at s_t (target runs on B)",
+            dict(channels_last=False, munchausen_log_policy="online"),
+        ),
+        (
+            "fp32, channels-last, online log-policy (the library default)",
+            dict(channels_last=True, munchausen_log_policy="online"),
+        ),
+        (
+            "bf16 autocast, channels-last, online log-policy",
+            dict(channels_last=True, munchausen_log_policy="online", autocast_dtype=torch.bfloat16),
         ),
     ]
     for label, kwargs in variants:
@@ -251,13 +262,14 @@ def main() -> None:
 
     # bf16 autocast only pays with hardware bf16 (AVX512-BF16 / AMX); elsewhere it is emulated.
     bf16 = native_bf16()
-    chosen = dict(batched_target=True)
+    chosen = {}  # the library defaults: fp32, channels-last CNN, online log-policy at s_t
     if bf16:
-        chosen.update(autocast_dtype=torch.bfloat16, channels_last=True)
+        chosen.update(autocast_dtype=torch.bfloat16)
     setting = (
-        "bf16 autocast + channels-last, one batched target pass"
+        "the library defaults (channels-last CNN, online log-policy) + bf16 autocast"
         if bf16
-        else "fp32, one batched target pass (this CPU has no native bf16)"
+        else "the library defaults: fp32, channels-last CNN, online log-policy at s_t (this CPU "
+        "has no native bf16)"
     )
 
     # ---- part 2: the three configurations with the chosen setting --------------------------
@@ -302,7 +314,9 @@ def main() -> None:
     )
 
     btr_e, btr_i = excl[("btr", None)], incl[("btr", None)]
-    btr_all = [times[(label, "btr")] for label, _ in variants] + [btr_e, btr_i]
+    # the same btr update (part 2's setting) timed three ways: part 1's row, part 2 without/with sampling
+    default_label = variants[2][0] if not bf16 else variants[3][0]
+    btr_all = [times[(default_label, "btr")], btr_e, btr_i]
     rise_mid_e = excl[("rise", k_mid)]
     rows = []
     for kind, k in [*configs, ("recurrent_baseline", None)]:
@@ -349,15 +363,16 @@ TorchRL's `SliceSampler` over a `LazyMemmapStorage` of frame stacks. Whole run: 
 Goals: rise/btr <= 1.3 at K={k_mid}: **{ratio_mid:.2f}**; recurrent baseline >= 5x rise per update:
 **{base_vs_rise:.1f}x**.
 
-What bounds these figures: one timed update per configuration (a full run at batch 256 takes
-~20 min here) on a shared 2-core CPU whose load from other jobs changed during the run. The btr
-update was timed {len(btr_all)} times in this run (settings of part 1 and part 2):
-{min(btr_all):.1f}-{max(btr_all):.1f} s. Ratios of single figures within that spread (about
-{max(btr_all) / min(btr_all):.1f}x) are not resolved by this run; only larger gaps are. Rerun on a
-quiet machine with `--repeats 5 --speedup-warmup 1` for firmer figures. The IMPALA CNN dominates
-btr; rise adds the LSTM over K steps (online forward + backward, target forward on s_t and s_{{t+n}}
-in one batch of {2 * batch}); the baseline encodes {seqs * seq_len} frames per update against btr's
-{batch} (+{2 * batch} without gradient). bf16 autocast is used in part 2 only when the CPU has
+What bounds these figures: part 1 times one update per setting after {args.speedup_warmup}
+warm-up update(s); part 2 is the median of {repeats} updates per configuration (the baseline: one
+update, it is slow). The machine is a shared 2-core CPU: the btr update was timed
+{len(btr_all)} times with part 2's setting in this run (part 1 and part 2): {min(btr_all):.2f}-{max(btr_all):.2f} s,
+a {100 * (max(btr_all) / min(btr_all) - 1):.0f}% spread, the resolution of the ratios; part 2 compares
+medians measured in the same run. The IMPALA CNN dominates btr; rise adds the
+LSTM over K steps (online forward + backward at s_t, target forward at s_{{t+n}}: with the online
+log-policy the target network runs on {batch} states, not {2 * batch}); the baseline encodes
+{seqs * seq_len} frames per update against btr's {batch} (+{batch} without gradient). bf16 autocast
+is used in part 2 only when the CPU has
 native bf16 (`avx512_bf16`/`amx_bf16` in /proc/cpuinfo: {"yes" if bf16 else "no"} here).
 """
     print(body)

@@ -394,6 +394,10 @@ class Trainer:
         cfg = self.cfg
         self._num_threads = num_threads = default_num_threads(cfg)
         torch.set_num_threads(num_threads)
+        # Gradients decaying through long LSTM windows reach denormal floats, which the CPU
+        # handles ~100x slower: K=160 cost 5.3 s per LSTM backward instead of 0.9 s (batch 256).
+        # Flushing them to zero changes nothing above 1e-38.
+        torch.set_flush_denormal(True)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
