@@ -108,6 +108,21 @@ def test_close_open_episodes_starts_new_episodes(tmp_path):
     assert rb2.gather(torch.tensor([5]))["rise_context_mask"][0].all()
 
 
+def test_close_open_episodes_never_splices_the_cut_episode(tmp_path):
+    rb = make_rb(tmp_path, E=1, n_step=2, frame_stack=2, context_length=3)
+    first, second = make_batch(1, 6, seed=1), make_batch(1, 6, seed=2)
+    rb.extend(first)  # steps 0-5 of an episode the envs never finish
+    rb.close_open_episodes()
+    rb.extend(second)  # a new episode in slots 6-11
+    # Steps 4 and 5 lack their n-step future in their own episode: they stay unsampleable.
+    assert rb.sampleable_index().tolist() == [0, 1, 2, 3, 6, 7, 8, 9]
+    rb.extend(make_batch(1, 6, seed=3))
+    assert 4 not in rb.sampleable_index().tolist() and 5 not in rb.sampleable_index().tolist()
+    got = rb.gather(torch.tensor([3]))  # the cut episode's last sampleable step: all its own
+    assert torch.equal(got["next", "pixels"][0, -1], first["pixels"][0, 5, -1])
+    assert torch.equal(got["next", "rise_context"][0, -1], first["rise_embedding"][0, 5])
+
+
 def test_resume_rejects_a_different_layout(tmp_path):
     rb = make_rb(tmp_path)
     rb.extend(make_batch(2, 6))
