@@ -159,6 +159,9 @@ def test_full_disk_fails_at_the_first_write_not_with_sigbus(tmp_path, monkeypatc
         rb.extend(make_batch(2, 6))
     assert err.value.errno == errno.ENOSPC and "scratch_dir" in str(err.value)
     assert calls == [(rb.capacity + 1) * 9]  # the first field's whole file (frames 1x3x3)
+    assert not list((tmp_path / "storage").glob("*.memmap"))  # freed again
+    with pytest.raises(RuntimeError, match="closed"):  # a sparse storage is never written
+        rb.extend(make_batch(2, 6))
     monkeypatch.undo()
     ok = make_rb(tmp_path, scratch_dir=tmp_path / "ok")
     ok.extend(make_batch(2, 6))

@@ -741,7 +741,11 @@ class RiseReplayBuffer:
         self.storage.set(torch.tensor([self._zero]), pad)
         self.storage._len = self.capacity
         self._bind_fields()
-        self._preallocate()
+        try:
+            self._preallocate()
+        except InsufficientDiskSpaceError:
+            self.close()  # frees what was allocated; a sparse storage must not be written
+            raise
         self._dirty.fill_(True)
 
     def _preallocate(self) -> None:
@@ -760,7 +764,8 @@ class RiseReplayBuffer:
                         f"No room to allocate the replay memmaps in {str(self.scratch_dir)!r}: "
                         f"the {name!r} field needs {size / 2**30:.2f} GiB of the buffer's "
                         f"{self.nbytes / 2**30:.2f} GiB. Free disk space, point scratch_dir to a "
-                        "disk with more room or lower capacity.",
+                        "disk with more room or lower capacity (this buffer is closed: build a new "
+                        "one).",
                     ) from err
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     logger.warning(
@@ -1024,7 +1029,7 @@ class RiseReplayBuffer:
         self._check_open()
         path = Path(path).absolute()
         path.mkdir(parents=True, exist_ok=True)
-        token = snapshot.new_name("d", "")[2:14]
+        token = snapshot.new_token()
         stats = {"bytes_written": 0, "bytes_reused": 0, "files_written": 0, "files_reused": 0}
 
         def wrote(desc: dict[str, Any]) -> dict[str, Any]:

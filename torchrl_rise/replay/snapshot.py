@@ -54,6 +54,11 @@ def new_name(prefix: str, suffix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}{suffix}"
 
 
+def new_token() -> str:
+    """A short unique id for the files of one dump."""
+    return uuid.uuid4().hex[:12]
+
+
 def _byte_view(t: torch.Tensor) -> memoryview:
     """The bytes of a contiguous tensor slice, without a copy."""
     if t.numel() == 0:
