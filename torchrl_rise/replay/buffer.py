@@ -26,11 +26,13 @@ so (the learner sees a shorter context, as at the start of an episode).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -70,6 +72,27 @@ _FIELD_NAMES = (
     "episode_step",
 )
 _STORAGE_META = "meta.json"
+
+
+# Descriptors of the scratch locks this process holds. A forked child (e.g. a collector worker)
+# closes its copies, so a lingering child never keeps a dead trainer's scratch_dir locked: the
+# flock stays with the parent's descriptor.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_lock(fd: int) -> None:
+    _HELD_LOCKS.discard(fd)
+    os.close(fd)
+
+
+def _drop_locks_in_child() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 class InsufficientDiskSpaceError(OSError):
@@ -343,14 +366,12 @@ class RiseReplayBuffer:
     # ------------------------------------------------------------------ sizes and settings
     @property
     def nbytes_per_transition(self) -> int:
-        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is."""
-        c, h, w = self.frame_shape
-        n = c * h * w  # frame, uint8
-        if self.use_embeddings:
-            n += self.embedding_dim * torch.empty((), dtype=self.embedding_dtype).element_size()
-        n += 8 + 4 + 3  # action int64, reward float32, terminated/truncated/final bool
-        n += 3 * 8  # episode id, lane step, episode step (int64)
-        return n
+        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is:
+        frame, embedding, action, reward, three flags, episode id, lane step, episode step."""
+        return sum(
+            math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            for dtype, shape in self._field_specs().values()
+        )
 
     def _field_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """dtype and per-record shape of every stored field, in snapshot order."""
@@ -464,7 +485,8 @@ class RiseReplayBuffer:
                 "to a writable directory."
             ) from err
         self._lock_fd = fd
-        self._lock_release = weakref.finalize(self, os.close, fd)
+        _HELD_LOCKS.add(fd)
+        self._lock_release = weakref.finalize(self, _close_lock, fd)
         try:
             self._reclaim()
         except BaseException:

@@ -229,7 +229,13 @@ def prune_chunk_store(chunk_store: str | Path, keep: Iterable[str | Path]) -> in
     referenced: set[str] = set()
     for dump in keep:
         dump = Path(dump).absolute()
-        manifest = read_manifest(dump)
+        try:
+            manifest = read_manifest(dump)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"prune_chunk_store(): {str(dump)!r} in keep holds no complete replay dump (no "
+                f"{MANIFEST}); nothing was deleted. Leave incomplete dumps out of keep."
+            ) from err
         if manifest.get("chunk_store") is None:
             continue
         root = chunk_root(dump, manifest)
