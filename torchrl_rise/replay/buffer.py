@@ -47,7 +47,7 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyMemmapStorage
 
 from torchrl_rise import keys
-from torchrl_rise._fileio import CHECKSUM, describe_file, is_disk_full, write_atomic
+from torchrl_rise._fileio import is_disk_full, write_atomic
 from torchrl_rise.replay import snapshot
 from torchrl_rise.replay.sampler import ReadinessSampler
 
@@ -1098,6 +1098,7 @@ class RiseReplayBuffer:
             "chunk_records": self.chunk_records,
             "storage_initialized": bool(self.storage.initialized),
             "chunk_store": None if store is None else snapshot.relative_store(store, path),
+            "chunk_store_absolute": None if store is None else str(store),
             "chunks": chunks,
             "state": {"file": state_name, **state},
             "sampler": {"file": sampler_name, **sampler},
@@ -1138,7 +1139,8 @@ class RiseReplayBuffer:
             FileNotFoundError: ``path`` holds no complete dump.
             ValueError: the dump was written by a buffer with another layout.
             CheckpointCorruptError: a file is missing, truncated or damaged (the message names
-                it). The buffer is then left empty.
+                it). Missing files and wrong sizes are found before anything changes; damage
+                found while the chunks are copied leaves the buffer empty.
         """
         self._check_open()
         path = Path(path).absolute()
@@ -1186,12 +1188,7 @@ class RiseReplayBuffer:
         state = torch.load(
             io.BytesIO(snapshot.read_verified(state_file, manifest["state"])), weights_only=True
         )
-        got = describe_file(sampler_file)[CHECKSUM]
-        if got != manifest["sampler"][CHECKSUM]:
-            raise snapshot.CheckpointCorruptError(
-                f"replay snapshot file {sampler_file} is damaged: its {CHECKSUM} is {got}, the "
-                f"manifest says {manifest['sampler'][CHECKSUM]}."
-            )
+        sampler_data = snapshot.read_verified(sampler_file, manifest["sampler"])
         try:
             if manifest["storage_initialized"]:
                 if not self.storage.initialized:
@@ -1199,7 +1196,7 @@ class RiseReplayBuffer:
                 fields = self._snapshot_fields()
                 for (start, end), chunk in zip(bounds, chunks):
                     snapshot.read_chunk(root / chunk["file"], fields, start, end, chunk)
-            self.sampler.loads(sampler_file.parent)
+            self.sampler.loads(sampler_file.parent, data=sampler_data)
         except BaseException:
             self._reset()
             raise
