@@ -140,6 +140,11 @@ def test_resume_rejects_a_different_layout(tmp_path):
 def test_dumps_before_any_data(tmp_path):
     rb = make_rb(tmp_path)
     rb.dumps(tmp_path / "ckpt")
+    empty = rb.dumps(tmp_path / "empty", chunk_store=tmp_path / "store")
+    assert empty["files_written"] == 3 and empty["files_reused"] == 0  # state, sampler, manifest
+    rb.extend(make_batch(2, 6))
+    full = rb.dumps(tmp_path / "first", chunk_store=tmp_path / "store")
+    assert full["files_reused"] == 0 and full["files_written"] == 3 + len(rb._chunk_bounds)
     resumed = make_rb(tmp_path, scratch_dir=tmp_path / "s2")
     resumed.loads(tmp_path / "ckpt")
     assert len(resumed) == 0

@@ -1066,6 +1066,8 @@ class RiseReplayBuffer:
             root.mkdir(parents=True, exist_ok=True)
             fields = self._snapshot_fields()
             refs = self._chunk_refs if store is not None and store == self._chunk_store else None
+            if refs is not None and len(refs) != len(self._chunk_bounds):
+                refs = None  # the previous dump held no storage
             for i, (start, end) in enumerate(self._chunk_bounds):
                 ref = None if refs is None or bool(self._dirty[i]) else refs[i]
                 if ref is not None:
