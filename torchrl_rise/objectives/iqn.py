@@ -115,7 +115,8 @@ class IQNLoss(LossModule):
         gamma: only used when ``("next", "discount")`` is absent:
             ``gamma ** steps_to_next_obs * (1 - terminated)``.
         num_target_taus: taus sampled for the target network (BTR: 8).
-        delay_value: keep a target network (update it with :class:`torchrl.objectives.HardUpdate`).
+        delay_value: keep a target network (update it with
+            :class:`~torchrl_rise.objectives.HardTargetUpdate`).
         resample_noise: resample the noisy layers of both networks at each call.
         noisy_in_loss: run in ``RANDOM`` exploration mode (noise on), as BTR; ``False`` follows
             TorchRL's default (``DETERMINISTIC``: noise off).
