@@ -350,3 +350,26 @@ def test_replay_buffer_passes_the_sampling_options(tmp_path):
     )
     d = default.sampler
     assert (d.importance_weights, d.stratified, d.max_priority_floor) == ("btr", True, 1.0)
+
+
+def test_build_components_wires_the_env_frame_skip_into_the_schedule(tmp_path):
+    from torchrl_rise.training.builders import build_components
+
+    small = {
+        "method": "btr",
+        "env": {"num_envs": 2},
+        "network": {"kwargs": {"width_scale": 0.25, "mlp_hidden": 16, "num_cosines": 8}},
+        "replay": {"capacity": 1024, "batch_size": 16, "learning_starts": 256},
+    }
+    comps = build_components(load_config(small), scratch_dir=tmp_path / "a")
+    explore = comps.actor.module[-1]
+    assert (explore.schedule, explore.frame_skip) == ("btr_exponential", 4)  # Atari: frame skip 4
+    assert comps.env_info.frame_skip == 4
+    assert (comps.replay.sampler.importance_weights, comps.replay.sampler.stratified) == (
+        "btr",
+        True,
+    )
+    assert isinstance(comps.target_updater, HardTargetUpdate)
+    too_short = {**small, "exploration": {"eps_decay_frames": 2}}
+    with pytest.raises(ConfigError, match="shorter than one transition"):
+        build_components(load_config(too_short), scratch_dir=tmp_path / "b")

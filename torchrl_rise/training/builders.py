@@ -339,16 +339,19 @@ def build_components(cfg: TrainConfig, *, scratch_dir: Path) -> Components:
     from torchrl_rise.modules import make_actor
 
     ex = cfg.exploration
-    actor = make_actor(
-        net,
-        action_spec=action_spec,
-        eps_schedule=ex.schedule,
-        eps_init=ex.eps_start,
-        eps_end=ex.eps_end,
-        eps_decay_frames=ex.eps_decay_frames,
-        eps_off_after_frames=ex.eps_off_after_frames or None,
-        frame_skip=int(env_info.frame_skip),
-    )
+    try:
+        actor = make_actor(
+            net,
+            action_spec=action_spec,
+            eps_schedule=ex.schedule,
+            eps_init=ex.eps_start,
+            eps_end=ex.eps_end,
+            eps_decay_frames=ex.eps_decay_frames,
+            eps_off_after_frames=ex.eps_off_after_frames or None,
+            frame_skip=int(env_info.frame_skip),
+        )
+    except ValueError as err:
+        raise ConfigError(f"invalid exploration configuration: {err}") from err
     loss, updater = build_loss(cfg, net)
     optimizer = build_optimizer(cfg, loss)
     replay = build_replay(
