@@ -373,3 +373,21 @@ def test_build_components_wires_the_env_frame_skip_into_the_schedule(tmp_path):
     too_short = {**small, "exploration": {"eps_decay_frames": 2}}
     with pytest.raises(ConfigError, match="shorter than one transition"):
         build_components(load_config(too_short), scratch_dir=tmp_path / "b")
+
+
+def test_a_draw_landing_on_a_slot_without_mass_is_redrawn():
+    # A mass of exactly 0 walks the tree to slot 0, which is not ready here; TorchRL's sampler
+    # then steps back past slot 0 and raises. The draw is redrawn instead.
+    sampler, storage = _sampler(torch.tensor([1.0, 2.0, 3.0]), ready=[1, 2, 3], capacity=4)
+    sampler.mark_unready(torch.tensor([0]))
+    calls = []
+    draw = sampler._mass
+
+    def zero_first(p_sum, rows, batch_size):
+        calls.append(rows.numel())
+        mass = draw(p_sum, rows, batch_size)
+        return torch.zeros_like(mass) if len(calls) == 1 else mass
+
+    sampler._mass = zero_first
+    index, info = sampler.sample(storage, 4)
+    assert calls == [4, 4] and (index > 0).all() and info["priority_weight"].max() == 1.0
