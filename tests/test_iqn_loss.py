@@ -133,7 +133,10 @@ def _reference(loss, td, *, munchausen, log_policy, kappa, num_target_taus):
             sample += row / len(targets)
         weight = float(td["_weight"][b]) if "_weight" in td else 1.0
         total += weight * sample
-        priorities.append(abs_sum / (len(taus_on) * len(targets)))
+        if loss.priority_reduction == "btr_sum_mean":  # sum over online taus, mean over target
+            priorities.append(abs_sum / len(targets))
+        else:
+            priorities.append(abs_sum / (len(taus_on) * len(targets)))
     return total / td.shape[0], priorities
 
 
@@ -150,6 +153,7 @@ def test_quantile_huber_hand_example():
         quantile_huber_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), kappa=0)
 
 
+@pytest.mark.parametrize("priority_reduction", ["btr_sum_mean", "mean"])
 @pytest.mark.parametrize(
     ("munchausen", "log_policy", "batched", "kappa", "with_discount", "with_weight"),
     [
@@ -160,9 +164,12 @@ def test_quantile_huber_hand_example():
         (True, "target", True, 2.0, False, True),
     ],
 )
-def test_loss_matches_reference(munchausen, log_policy, batched, kappa, with_discount, with_weight):
+def test_loss_matches_reference(
+    munchausen, log_policy, batched, kappa, with_discount, with_weight, priority_reduction
+):
     loss = IQNLoss(
         TableIQN(num_taus=2),
+        priority_reduction=priority_reduction,
         munchausen=munchausen,
         munchausen_log_policy=log_policy,
         batched_target=batched,

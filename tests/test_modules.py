@@ -317,7 +317,11 @@ def test_gate_statistics_hand_values():
 def test_actor_schedule_and_actions():
     net = make_q_network("rise", num_actions=4, in_channels=4, **SMALL)
     actor = make_actor(
-        net, action_spec=Categorical(4), eps_decay_frames=100, eps_off_after_frames=1000
+        net,
+        action_spec=Categorical(4),
+        eps_schedule="linear",
+        eps_decay_frames=100,
+        eps_off_after_frames=1000,
     )
     explore = actor.module[-1]
     assert explore.eps.item() == 1.0

@@ -157,7 +157,9 @@ def test_dumps_before_any_data(tmp_path):
 
 def test_per_sampling_frequencies_and_weights(tmp_path):
     alpha, beta, eps = 0.7, 0.5, 1e-6
-    rb = make_rb(tmp_path, alpha=alpha, beta=beta, eps=eps, E=1, capacity=32)
+    rb = make_rb(
+        tmp_path, alpha=alpha, beta=beta, eps=eps, E=1, capacity=32, importance_weights="torchrl"
+    )
     rb.extend(make_batch(1, 10))  # 8 ready transitions (n_step=2)
     index = rb.sampleable_index()
     assert len(index) == 8

@@ -11,53 +11,92 @@ from torchrl.modules import EGreedyModule, QValueModule
 
 from torchrl_rise import keys
 
-__all__ = ["BTREGreedyModule", "EvalEGreedyModule", "make_actor", "make_eval_actor"]
+__all__ = [
+    "EPS_SCHEDULES",
+    "BTREGreedyModule",
+    "EvalEGreedyModule",
+    "make_actor",
+    "make_eval_actor",
+]
+
+
+EPS_SCHEDULES = ("btr_exponential", "linear")
 
 
 class BTREGreedyModule(EGreedyModule):
-    """TorchRL's :class:`~torchrl.modules.EGreedyModule` with BTR's schedule.
+    """TorchRL's :class:`~torchrl.modules.EGreedyModule` with BTR's epsilon schedule.
 
-    ``eps`` decays linearly from ``eps_init`` to ``eps_end`` over ``eps_decay_frames`` frames and is
-    set to 0 once ``eps_off_after_frames`` frames have been collected (BTR: noisy nets alone explore
-    from then on). :meth:`step` takes the number of frames collected since the last call and costs
-    O(1) whatever that number (the parent loops once per frame). Like the parent, it acts only in
+    ``schedule="btr_exponential"`` (default) is what BTR's code does: at every stored transition
+    ``eps -= (eps - eps_end) / N``, with ``N = eps_decay_frames / frame_skip`` transitions (BTR:
+    2M transitions = 8M frames). In closed form, after ``t`` transitions::
+
+        eps(t) = eps_end + (eps_init - eps_end) * (1 - 1 / N) ** t
+
+    (about 0.37 at 8M frames, 0.09 at 20M, 0.017 at 40M with BTR's settings), exact for any
+    number of transitions per :meth:`step` (64 envs store 64 transitions per vector step) and
+    resumable from the frame counter. ``schedule="linear"`` decays linearly from ``eps_init`` to
+    ``eps_end`` over ``eps_decay_frames`` frames and stays there. Either way ``eps`` is 0 once
+    ``eps_off_after_frames`` frames have been collected (BTR: noisy nets alone explore from then
+    on). :meth:`step` takes the number of frames collected since the last call and costs O(1)
+    whatever that number (the parent loops once per frame). Like the parent, it acts only in
     ``RANDOM`` (or unset) exploration mode; evaluation under ``DETERMINISTIC`` is greedy.
 
     Args:
         spec: the action spec (Categorical).
 
     Keyword Args:
+        schedule: ``"btr_exponential"`` or ``"linear"``.
         eps_init: initial epsilon.
-        eps_end: final epsilon of the linear decay.
-        eps_decay_frames: frames over which epsilon decays.
+        eps_end: the value epsilon decays towards (reached at ``eps_decay_frames`` when linear).
+        eps_decay_frames: frames of the decay: the linear schedule's length, or ``N`` times
+            ``frame_skip`` for the exponential one (after that many frames it has covered
+            ``1 - 1/e`` of the way).
         eps_off_after_frames: frames after which epsilon is 0 (``None``: never).
+        frame_skip: simulator frames per stored transition (the env's frame skip: 4 on Atari);
+            the exponential schedule decays once per ``frame_skip`` frames.
         action_key: key of the action to perturb.
 
     Example:
         >>> from torchrl.data import Categorical
-        >>> module = BTREGreedyModule(Categorical(4), eps_decay_frames=100, eps_off_after_frames=300)
-        >>> module.step(50); round(module.eps.item(), 3)
-        0.505
-        >>> module.step(250); module.eps.item()
+        >>> module = BTREGreedyModule(Categorical(4), eps_decay_frames=400, frame_skip=4,
+        ...                           eps_off_after_frames=1000)
+        >>> module.step(400); round(module.eps.item(), 4)  # 100 transitions: 0.01 + 0.99 * 0.99**100
+        0.3724
+        >>> module.step(600); module.eps.item()
         0.0
+        >>> linear = BTREGreedyModule(Categorical(4), schedule="linear", eps_decay_frames=100)
+        >>> linear.step(50); round(linear.eps.item(), 3)
+        0.505
     """
 
     def __init__(
         self,
         spec: TensorSpec,
         *,
+        schedule: str = "btr_exponential",
         eps_init: float = 1.0,
         eps_end: float = 0.01,
         eps_decay_frames: int = 8_000_000,
         eps_off_after_frames: int | None = 100_000_000,
+        frame_skip: int = 4,
         action_key: NestedKey = keys.ACTION,
     ) -> None:
+        if schedule not in EPS_SCHEDULES:
+            raise ValueError(f"schedule must be one of {EPS_SCHEDULES}, got {schedule!r}.")
         if not 0.0 <= eps_end <= eps_init <= 1.0:
             raise ValueError(
                 f"need 0 <= eps_end <= eps_init <= 1, got eps_init={eps_init}, eps_end={eps_end}."
             )
         if eps_decay_frames < 1:
             raise ValueError(f"eps_decay_frames must be >= 1, got {eps_decay_frames}.")
+        if isinstance(frame_skip, bool) or int(frame_skip) != frame_skip or frame_skip < 1:
+            raise ValueError(f"frame_skip must be an integer >= 1, got {frame_skip!r}.")
+        if schedule == "btr_exponential" and eps_decay_frames < frame_skip:
+            raise ValueError(
+                f"eps_decay_frames={eps_decay_frames} is shorter than one transition "
+                f"(frame_skip={frame_skip}): the exponential schedule decays by "
+                "1 / (eps_decay_frames / frame_skip) per transition. Raise eps_decay_frames."
+            )
         super().__init__(
             spec,
             eps_init=float(eps_init),
@@ -65,6 +104,8 @@ class BTREGreedyModule(EGreedyModule):
             annealing_num_steps=int(eps_decay_frames),
             action_key=action_key,
         )
+        self.schedule = schedule
+        self.frame_skip = int(frame_skip)
         self.eps_off_after_frames = eps_off_after_frames
         self.register_buffer("frames", torch.zeros((), dtype=torch.int64))
 
@@ -73,7 +114,11 @@ class BTREGreedyModule(EGreedyModule):
         if self.eps_off_after_frames is not None and frames >= self.eps_off_after_frames:
             return 0.0
         init, end = float(self.eps_init), float(self.eps_end)
-        return max(end, init - (init - end) * frames / self.annealing_num_steps)
+        if self.schedule == "linear":
+            return max(end, init - (init - end) * frames / self.annealing_num_steps)
+        transitions = frames / self.frame_skip
+        per_transition = 1.0 - self.frame_skip / self.annealing_num_steps  # 1 - 1 / N
+        return end + (init - end) * per_transition**transitions
 
     def step(self, frames: int = 1) -> None:
         """Advance the schedule by ``frames`` collected frames."""
@@ -87,10 +132,12 @@ def make_actor(
     net: TensorDictModuleBase,
     *,
     action_spec: TensorSpec,
+    eps_schedule: str = "btr_exponential",
     eps_init: float = 1.0,
     eps_end: float = 0.01,
     eps_decay_frames: int = 8_000_000,
     eps_off_after_frames: int | None = 100_000_000,
+    frame_skip: int = 4,
     action_key: NestedKey = keys.ACTION,
     action_value_key: NestedKey = keys.ACTION_VALUE,
 ) -> TensorDictSequential:
@@ -108,8 +155,11 @@ def make_actor(
 
     Keyword Args:
         action_spec: the env's action spec (Categorical: ``action`` is an int64 index).
-        eps_init, eps_end, eps_decay_frames, eps_off_after_frames: BTR's schedule
-            (1.0 -> 0.01 over 8M frames, off after 100M).
+        eps_schedule: ``"btr_exponential"`` (BTR's code) or ``"linear"``; see
+            :class:`BTREGreedyModule`.
+        eps_init, eps_end, eps_decay_frames, eps_off_after_frames, frame_skip: BTR's schedule
+            (1.0 towards 0.01 with a decay of 8M frames = 2M transitions at frame skip 4, off
+            after 100M frames).
         action_key: key the action is written to.
         action_value_key: key of the mean Q-values the greedy action is taken from.
 
@@ -139,10 +189,12 @@ def make_actor(
     )
     explore = BTREGreedyModule(
         action_spec,
+        schedule=eps_schedule,
         eps_init=eps_init,
         eps_end=eps_end,
         eps_decay_frames=eps_decay_frames,
         eps_off_after_frames=eps_off_after_frames,
+        frame_skip=frame_skip,
         action_key=action_key,
     )
     actor = _Actor(net, greedy, explore)

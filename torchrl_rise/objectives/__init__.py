@@ -1,7 +1,8 @@
-"""Learner objectives: BTR's IQN + Munchausen loss."""
+"""Learner objectives: BTR's IQN + Munchausen loss and its hard target update."""
 
 from __future__ import annotations
 
 from torchrl_rise.objectives.iqn import IQNLoss, quantile_huber_loss
+from torchrl_rise.objectives.target import HardTargetUpdate
 
-__all__ = ["IQNLoss", "quantile_huber_loss"]
+__all__ = ["HardTargetUpdate", "IQNLoss", "quantile_huber_loss"]

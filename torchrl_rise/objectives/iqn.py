@@ -17,9 +17,10 @@ from torchrl_rise import keys
 from torchrl_rise.modules.diagnostics import gate_statistics_tensors
 from torchrl_rise.modules.noisy import reset_noise
 
-__all__ = ["IQNLoss", "quantile_huber_loss"]
+__all__ = ["PRIORITY_REDUCTIONS", "IQNLoss", "quantile_huber_loss"]
 
 MUNCHAUSEN_LOG_POLICY = ("target", "online")
+PRIORITY_REDUCTIONS = ("btr_sum_mean", "mean")
 _TORCHRL_PRIORITY_WEIGHT = "priority_weight"
 
 
@@ -78,8 +79,11 @@ class IQNLoss(LossModule):
     Munchausen: ``T_j = R + gamma_m * Z_target_j(s_{t+n}, argmax_b q_target(s_{t+n}, b))`` (no
     double DQN, as BTR). ``s_{t+n}`` is read from ``("next", ...)`` -- its pixels *and* its own
     context window. The loss is :func:`quantile_huber_loss` weighted by ``_weight`` (PER
-    importance weights; 1 if absent) and averaged; ``td_error`` (mean ``|u|`` per sample) is
-    written into the input tensordict for ``rb.update_tensordict_priority(td)``.
+    importance weights; 1 if absent) and averaged; the per-sample priority ``td_error`` is
+    written into the input tensordict for ``rb.update_tensordict_priority(td)``: ``|u_ij|``
+    summed over the online taus ``i`` and averaged over the target taus ``j``
+    (``priority_reduction="btr_sum_mean"``, BTR's code), or averaged over both (``"mean"``:
+    ``N`` times smaller).
     ``_weight`` absent, TorchRL's ``priority_weight`` is used if present.
 
     Noise: BTR trains with noisy nets on, so this loss runs its networks in ``RANDOM`` exploration
@@ -111,7 +115,8 @@ class IQNLoss(LossModule):
         gamma: only used when ``("next", "discount")`` is absent:
             ``gamma ** steps_to_next_obs * (1 - terminated)``.
         num_target_taus: taus sampled for the target network (BTR: 8).
-        delay_value: keep a target network (update it with :class:`torchrl.objectives.HardUpdate`).
+        delay_value: keep a target network (update it with
+            :class:`~torchrl_rise.objectives.HardTargetUpdate`).
         resample_noise: resample the noisy layers of both networks at each call.
         noisy_in_loss: run in ``RANDOM`` exploration mode (noise on), as BTR; ``False`` follows
             TorchRL's default (``DETERMINISTIC``: noise off).
@@ -119,6 +124,8 @@ class IQNLoss(LossModule):
         autocast_dtype: e.g. ``torch.bfloat16``: run the networks under autocast (the loss itself is
             computed in float32).
         sequence_priority_eta: R2D2's max/mean mix of per-step priorities (sequence networks).
+        priority_reduction: ``"btr_sum_mean"`` (BTR's code: sum over online taus, mean over
+            target taus) or ``"mean"`` (mean over both).
 
     Example:
         >>> import torch
@@ -148,7 +155,8 @@ class IQNLoss(LossModule):
             terminated: read under ``"next"`` when the discount is absent.
             steps_to_next_obs: steps ``m`` to the bootstrap state. Defaults to
                 ``"steps_to_next_obs"``.
-            priority: written per sample: mean ``|TD|``. Defaults to ``"td_error"``.
+            priority: written per sample: ``|TD|`` reduced over the taus as
+                ``priority_reduction`` says. Defaults to ``"td_error"``.
             priority_weight: PER importance weights. Defaults to ``"_weight"`` (the
                 replay contract); with that default, TorchRL's ``"priority_weight"`` is read when
                 ``"_weight"`` is absent.
@@ -193,6 +201,7 @@ class IQNLoss(LossModule):
         batched_target: bool = True,
         autocast_dtype: torch.dtype | None = None,
         sequence_priority_eta: float = 0.9,
+        priority_reduction: str = "btr_sum_mean",
     ) -> None:
         if kappa <= 0:
             raise ValueError(f"kappa must be > 0, got {kappa}.")
@@ -204,6 +213,11 @@ class IQNLoss(LossModule):
             raise ValueError(
                 f"munchausen_log_policy must be one of {MUNCHAUSEN_LOG_POLICY}, got "
                 f"{munchausen_log_policy!r}."
+            )
+        if priority_reduction not in PRIORITY_REDUCTIONS:
+            raise ValueError(
+                f"priority_reduction must be one of {PRIORITY_REDUCTIONS}, got "
+                f"{priority_reduction!r}."
             )
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
@@ -241,6 +255,7 @@ class IQNLoss(LossModule):
         self.batched_target = batched_target
         self.autocast_dtype = autocast_dtype
         self.sequence_priority_eta = sequence_priority_eta
+        self.priority_reduction = priority_reduction
         self.set_keys(quantiles=value_network.quantiles_key, taus=value_network.taus_key)
 
     # --- TorchRL plumbing -------------------------------------------------------------------
@@ -334,6 +349,12 @@ class IQNLoss(LossModule):
         index = greedy[..., None, None].expand(*z_next.shape[:-1], 1)
         return z_next.gather(-1, index).squeeze(-1)
 
+    def _priority(self, td_abs: torch.Tensor, num_taus: int) -> torch.Tensor:
+        """Per-sample priority from the mean ``|u|`` over the ``N x N'`` pairs."""
+        if self.priority_reduction == "btr_sum_mean":
+            return td_abs * num_taus  # sum over the N online taus of the mean over target taus
+        return td_abs
+
     def _action(self, td: TensorDictBase, num_actions: int) -> torch.Tensor:
         action = td.get(self.tensor_keys.action)
         if action.dtype.is_floating_point or action.dtype == torch.bool:
@@ -408,7 +429,8 @@ class IQNLoss(LossModule):
         if weight is not None:
             per_sample = per_sample * weight.reshape(-1).to(per_sample.dtype)
         loss = per_sample.mean()
-        tensordict.set(self.tensor_keys.priority, td_abs.reshape(batch_shape), inplace=True)
+        priority = self._priority(td_abs, z_taken.shape[-1])
+        tensordict.set(self.tensor_keys.priority, priority.reshape(batch_shape), inplace=True)
         out = TensorDict(
             loss=loss,
             td_error_mean=td_abs.mean(),
@@ -484,11 +506,12 @@ class IQNLoss(LossModule):
         loss = per_seq.mean()
         td_abs = td_abs * valid_f
         eta = self.sequence_priority_eta
-        priority = eta * td_abs.max(1).values + (1 - eta) * td_abs.sum(1) / count
+        mixed = eta * td_abs.max(1).values + (1 - eta) * td_abs.sum(1) / count
+        priority = self._priority(mixed, z_taken.shape[-1])
         tensordict.set(self.tensor_keys.priority, priority, inplace=True)
         return TensorDict(
             loss=loss,
-            td_error_mean=priority.mean(),
+            td_error_mean=mixed.mean(),
             q_value_mean=z.detach().mean(),
             target_mean=target.mean(),
         )

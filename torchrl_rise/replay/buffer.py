@@ -161,8 +161,13 @@ class RiseReplayBuffer:
         gamma: discount factor.
         prioritized: PER (``True``) or uniform sampling.
         alpha: PER priority exponent (BTR: 0.2).
-        beta: PER importance-sampling exponent; settable through :attr:`beta` for annealing.
+        beta: PER importance-sampling exponent of ``importance_weights="torchrl"``; settable
+            through :attr:`beta` for annealing.
         eps: added to priorities before the exponent.
+        importance_weights, stratified, max_priority_floor: how PER draws and weights a batch
+            (BTR's code by default: ``(capacity * P(i)) ** -alpha`` over the batch maximum, one
+            draw per segment of the total mass, new slots at ``max(1, largest priority)``); see
+            :class:`~torchrl_rise.replay.ReadinessSampler`.
         batch_size: default batch size of :meth:`sample`.
         scratch_dir: directory of the memmap files (a temporary directory if ``None``).
         embedding_dtype: dtype embeddings are stored and returned in.
@@ -225,6 +230,9 @@ class RiseReplayBuffer:
         alpha: float = 0.2,
         beta: float = 0.4,
         eps: float = 1e-6,
+        importance_weights: str = "btr",
+        stratified: bool = True,
+        max_priority_floor: float = 1.0,
         batch_size: int = 256,
         scratch_dir: str | Path | None = None,
         embedding_dtype: torch.dtype = torch.float16,
@@ -338,6 +346,9 @@ class RiseReplayBuffer:
             alpha if self.prioritized else 0.0,
             beta if self.prioritized else 0.0,
             eps=eps,
+            importance_weights=importance_weights,
+            stratified=stratified,
+            max_priority_floor=max_priority_floor,
         )
         self._generator = torch.Generator()
         if seed is None:

@@ -157,19 +157,27 @@ def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
 
 
 def build_loss(cfg: TrainConfig, net: nn.Module):
-    """``IQNLoss`` (BTR's IQN + Munchausen) and its hard target updater."""
-    from torchrl.objectives import HardUpdate
+    """``IQNLoss`` (BTR's IQN + Munchausen) and its hard target updater.
 
-    from torchrl_rise.objectives import IQNLoss
+    The target is copied after every ``loss.target_update_interval``-th update, buffers included
+    (:class:`~torchrl_rise.objectives.HardTargetUpdate`, as BTR's code).
+    """
+    from torchrl_rise.objectives import HardTargetUpdate, IQNLoss
 
     kwargs: dict[str, Any] = dict(cfg.loss.kwargs)
     if cfg.optim.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16
     try:
-        loss = IQNLoss(net, munchausen=cfg.loss.munchausen, gamma=cfg.loss.gamma, **kwargs)
-    except TypeError as err:
+        loss = IQNLoss(
+            net,
+            munchausen=cfg.loss.munchausen,
+            gamma=cfg.loss.gamma,
+            priority_reduction=cfg.loss.priority_reduction,
+            **kwargs,
+        )
+        updater = HardTargetUpdate(loss, interval=cfg.loss.target_update_interval)
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid loss option in loss.kwargs={cfg.loss.kwargs}: {err}") from err
-    updater = HardUpdate(loss, value_network_update_interval=cfg.loss.target_update_interval)
     return loss, updater
 
 
@@ -204,6 +212,9 @@ def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scrat
             prioritized=rp.prioritized,
             alpha=rp.alpha,
             beta=rp.beta,
+            importance_weights=rp.importance_weights,
+            stratified=rp.stratified,
+            max_priority_floor=rp.max_priority_floor,
             batch_size=rp.batch_size,
             scratch_dir=Path(rp.scratch_dir) if rp.scratch_dir else scratch_dir,
             seed=cfg.seed,
@@ -328,14 +339,19 @@ def build_components(cfg: TrainConfig, *, scratch_dir: Path) -> Components:
     from torchrl_rise.modules import make_actor
 
     ex = cfg.exploration
-    actor = make_actor(
-        net,
-        action_spec=action_spec,
-        eps_init=ex.eps_start,
-        eps_end=ex.eps_end,
-        eps_decay_frames=ex.eps_decay_frames,
-        eps_off_after_frames=ex.eps_off_after_frames or None,
-    )
+    try:
+        actor = make_actor(
+            net,
+            action_spec=action_spec,
+            eps_schedule=ex.schedule,
+            eps_init=ex.eps_start,
+            eps_end=ex.eps_end,
+            eps_decay_frames=ex.eps_decay_frames,
+            eps_off_after_frames=ex.eps_off_after_frames or None,
+            frame_skip=int(env_info.frame_skip),
+        )
+    except ValueError as err:
+        raise ConfigError(f"invalid exploration configuration: {err}") from err
     loss, updater = build_loss(cfg, net)
     optimizer = build_optimizer(cfg, loss)
     replay = build_replay(

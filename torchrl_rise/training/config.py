@@ -102,12 +102,20 @@ class NetworkConfig:
 
 @dataclass
 class LossConfig:
-    """IQN + Munchausen loss (BTR). ``kwargs`` go to ``IQNLoss`` unchanged."""
+    """IQN + Munchausen loss (BTR). ``kwargs`` go to ``IQNLoss`` unchanged.
+
+    Attributes:
+        target_update_interval: the target network is copied (buffers included) after every
+            this many updates (BTR: 500).
+        priority_reduction: the PER priority from ``|TD|``: ``btr_sum_mean`` (BTR's code: sum over
+            the online taus, mean over the target taus) or ``mean`` (mean over both).
+    """
 
     gamma: float = 0.997
     n_step: int = 3
     munchausen: bool = True
     target_update_interval: int = 500
+    priority_reduction: str = "btr_sum_mean"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,7 +132,17 @@ class OptimConfig:
 
 @dataclass
 class ReplayConfig:
-    """Context-window replay buffer (``torchrl_rise.replay.RiseReplayBuffer``)."""
+    """Context-window replay buffer (``torchrl_rise.replay.RiseReplayBuffer``).
+
+    Attributes:
+        alpha: PER priority exponent (BTR: 0.2); BTR's importance weights use it too.
+        beta: importance-sampling exponent, used by ``importance_weights=torchrl`` only.
+        importance_weights: ``btr`` (BTR's code: ``(capacity * P(i)) ** -alpha`` over the batch
+            maximum) or ``torchrl`` (``(P(i) / min P) ** -beta`` over the whole buffer).
+        stratified: one draw per segment of the total priority mass (BTR) or independent draws.
+        max_priority_floor: new transitions enter at ``max(floor, largest priority set)`` (BTR: 1;
+            0 gives TorchRL's rule).
+    """
 
     capacity: int = 2**20
     batch_size: int = 256
@@ -132,14 +150,25 @@ class ReplayConfig:
     prioritized: bool = True
     alpha: float = 0.2
     beta: float = 0.4
+    importance_weights: str = "btr"
+    stratified: bool = True
+    max_priority_floor: float = 1.0
     scratch_dir: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ExplorationConfig:
-    """Epsilon-greedy on top of noisy nets: linear decay, then off (BTR)."""
+    """Epsilon-greedy on top of noisy nets, then off (BTR).
 
+    Attributes:
+        schedule: ``btr_exponential`` (BTR's code: ``eps -= (eps - eps_end) / N`` at every stored
+            transition, ``N = eps_decay_frames / frame skip``) or ``linear`` (``eps_start`` to
+            ``eps_end`` over ``eps_decay_frames``).
+        eps_off_after_frames: eps is 0 from then on (0: never).
+    """
+
+    schedule: str = "btr_exponential"
     eps_start: float = 1.0
     eps_end: float = 0.01
     eps_decay_frames: int = 8_000_000
@@ -346,6 +375,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 < cfg.loss.gamma <= 1.0:
         raise ConfigError(f"loss.gamma must lie in (0, 1], got {cfg.loss.gamma}.")
     _positive(cfg.loss.target_update_interval, "loss.target_update_interval")
+    from torchrl_rise.objectives.iqn import PRIORITY_REDUCTIONS
+
+    if cfg.loss.priority_reduction not in PRIORITY_REDUCTIONS:
+        raise ConfigError(
+            f"loss.priority_reduction must be one of {PRIORITY_REDUCTIONS}, got "
+            f"{cfg.loss.priority_reduction!r}."
+        )
     _positive(cfg.optim.lr, "optim.lr")
     _positive(cfg.optim.eps, "optim.eps")
     _positive(cfg.optim.grad_clip, "optim.grad_clip")
@@ -357,6 +393,14 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _positive(rp.learning_starts, "replay.learning_starts", allow_zero=True)
     _probability(rp.alpha, "replay.alpha")
     _probability(rp.beta, "replay.beta")
+    from torchrl_rise.replay.sampler import IMPORTANCE_WEIGHTS
+
+    if rp.importance_weights not in IMPORTANCE_WEIGHTS:
+        raise ConfigError(
+            f"replay.importance_weights must be one of {IMPORTANCE_WEIGHTS}, got "
+            f"{rp.importance_weights!r}."
+        )
+    _positive(rp.max_priority_floor, "replay.max_priority_floor", allow_zero=True)
     if rp.batch_size > rp.capacity:
         raise ConfigError(
             f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
@@ -379,6 +423,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         )
 
     ex = cfg.exploration
+    from torchrl_rise.modules.actor import EPS_SCHEDULES
+
+    if ex.schedule not in EPS_SCHEDULES:
+        raise ConfigError(
+            f"exploration.schedule must be one of {EPS_SCHEDULES}, got {ex.schedule!r}."
+        )
     _probability(ex.eps_start, "exploration.eps_start")
     _probability(ex.eps_end, "exploration.eps_end")
     _positive(ex.eps_decay_frames, "exploration.eps_decay_frames")
