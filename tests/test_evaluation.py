@@ -14,14 +14,17 @@ from PIL import Image
 from torchrl_rise.evaluation import (
     ATARI_5,
     ATARI_57,
+    METRICS,
     PROCGEN_GAMES,
     Curve,
     IntervalEstimate,
+    ReportResults,
     aggregate_curves,
     aggregate_scores,
     atari_game_name,
     build_report,
     collect_runs,
+    compute_results,
     human_normalized_score,
     iqm,
     is_run_complete,
@@ -36,7 +39,9 @@ from torchrl_rise.evaluation import (
     probability_of_improvement,
     procgen_normalized_score,
     reference_range,
+    render_markdown,
     score_matrices,
+    write_figures,
 )
 from torchrl_rise.evaluation.atari_scores import ATARI_REFERENCE_SCORES
 
@@ -193,6 +198,83 @@ def test_aggregate_curves_and_probability_of_improvement():
     assert probability_of_improvement(worse, worse, reps=100).point == 0.5
     with pytest.raises(ValueError, match="same tasks"):
         probability_of_improvement(better, np.ones((4, 2)))
+
+
+def _rliable_intervals(score_dict, func, *, reps, seed, confidence=0.95):
+    """rliable called directly, with the global NumPy seed its bootstrap actually draws from."""
+    import warnings
+
+    from rliable import library
+
+    np.random.seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return library.get_interval_estimates(
+            score_dict, func, reps=reps, confidence_interval_size=confidence
+        )
+
+
+def test_aggregates_equal_rliables_on_a_toy_score_matrix():
+    from rliable import metrics as rly
+
+    toy = {
+        "rise": np.array([[0.9, 1.4, 0.2], [1.1, 1.2, 0.4], [0.7, 2.0, 0.1], [1.3, 0.8, 0.3]]),
+        "btr": np.array([[0.5, 1.0, 0.0], [0.6, 0.7, 0.2], [0.4, 1.5, 0.1], [0.9, 0.6, 0.0]]),
+    }
+    names = ["median", "iqm", "mean", "optimality_gap"]
+    fns = [
+        rly.aggregate_median,
+        rly.aggregate_iqm,
+        rly.aggregate_mean,
+        rly.aggregate_optimality_gap,
+    ]
+    assert [METRICS[n] for n in names] == fns  # the metrics are rliable's own functions
+    ours = aggregate_scores(toy, metrics=names, reps=300, seed=5)
+    points, intervals = _rliable_intervals(
+        toy, lambda x: np.array([f(x) for f in fns]), reps=300, seed=5
+    )
+    for method in toy:
+        for i, name in enumerate(names):
+            est = ours[method][name]
+            assert est.point == pytest.approx(float(fns[i](toy[method])))
+            assert est.point == pytest.approx(points[method][i])
+            assert (est.low, est.high) == pytest.approx(tuple(intervals[method][:, i]))
+
+    x, y = toy["rise"], toy["btr"]
+    p = probability_of_improvement(x, y, reps=300, seed=5)
+    assert p.point == pytest.approx(float(rly.probability_of_improvement(x, y)))
+    points, intervals = _rliable_intervals(
+        {"p": [x, y]}, rly.probability_of_improvement, reps=300, seed=5
+    )
+    assert p.point == pytest.approx(float(points["p"]))
+    assert (p.low, p.high) == pytest.approx(tuple(np.ravel(intervals["p"])))
+
+
+def test_rliable_ignores_its_random_state_so_the_seed_wrapper_is_needed():
+    """Why aggregate.py seeds NumPy's global generator: rliable's StratifiedBootstrap draws from
+    it and ignores ``random_state``. If this starts failing, rliable honours the seed and the
+    wrapper (``_interval_estimates``) can pass ``random_state`` alone."""
+    import warnings
+
+    from rliable import library
+    from rliable import metrics as rly
+
+    scores = {"m": np.random.default_rng(0).uniform(size=(5, 4))}
+
+    def ci(global_seed: int, state: int) -> np.ndarray:
+        np.random.seed(global_seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            _, intervals = library.get_interval_estimates(
+                scores,
+                lambda x: np.array([rly.aggregate_iqm(x)]),
+                reps=100,
+                random_state=np.random.RandomState(state),
+            )
+        return intervals["m"]
+
+    np.testing.assert_array_equal(ci(1, state=0), ci(1, state=123))  # random_state ignored
+    assert not np.array_equal(ci(1, state=0), ci(2, state=0))  # the global state decides
 
 
 def test_score_matrices_and_per_game_table():
@@ -394,3 +476,38 @@ def test_report_fallback_none_and_bad_options(tmp_path):
         build_report(runs, tmp_path / "rep", score="median")
     with pytest.raises(ValueError, match="no finished runs"):
         build_report([], tmp_path / "rep")
+
+
+def test_report_numbers_are_computed_apart_from_the_rendering(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        _write_run(runs, "rise", "atari", "Pong", seed, 14.6 - seed, walltime_s=120.0)
+        _write_run(runs, "btr", "atari", "Pong", seed, -20.7 + seed, walltime_s=100.0)
+        _write_run(runs, "rise", "vizdoom", "basic", seed, 10.0 + seed)
+    results = compute_results(runs, reps=100, seed=2)
+    assert isinstance(results, ReportResults) and list(results.suites) == ["atari", "vizdoom"]
+    assert list(tmp_path.iterdir()) == [runs]  # computing writes nothing
+    atari = results.suites["atari"]
+    assert atari.tasks == ["Pong"] and atari.matrices["rise"].shape == (3, 1)
+    np.testing.assert_allclose(atari.matrices["btr"][:, 0], [0.0, 1 / 35.3, 2 / 35.3])
+    assert atari.aggregates["rise"]["mean"].point == pytest.approx((14.6 - 1 + 20.7) / 35.3)
+    assert atari.aggregates == aggregate_scores(atari.matrices, reps=100, seed=2)
+    assert list(atari.improvement) == ["rise > btr"]
+    assert set(atari.curves) == {"btr", "rise"} and set(atari.task_curves) == {"Pong"}
+    assert atari.walltime.set_index("method")["ratio"].to_dict() == {"btr": 1.0, "rise": 1.2}
+    assert len(results.runs) == 9 and not results.suites["vizdoom"].improvement  # no btr there
+
+    # rendering without figures: the same text, minus the images
+    text = render_markdown(results, title="T")
+    assert text.startswith("# T\n") and "## vizdoom" in text and "![" not in text
+    figures = write_figures(results, tmp_path / "figs")
+    assert set(figures["atari"]) == {"aggregate", "learning_curves", "per_game"}
+    with_images = render_markdown(results, figures=figures)
+    assert "![atari aggregates](atari_aggregate.png)" in with_images
+
+    # build_report = compute_results + the rendering, with the same numbers
+    rep = build_report(runs, tmp_path / "rep", reps=100, seed=2)
+    assert rep.aggregates == results.aggregates and rep.results is not None
+    pd.testing.assert_frame_equal(rep.runs, results.runs)
+    with pytest.raises(ValueError, match="fallback"):
+        compute_results(runs, fallback="zero")

@@ -7,7 +7,12 @@
   improvement with stratified-bootstrap CIs (rliable); per-game tables.
 - :mod:`~torchrl_rise.evaluation.plots`: learning curves with CI bands and aggregate interval plots
   (PNG).
-- :mod:`~torchrl_rise.evaluation.report`: runs' ``summary.json``/``eval.csv`` -> markdown report.
+- :mod:`~torchrl_rise.evaluation.runs`: read runs' ``summary.json``/``eval.csv``.
+- :mod:`~torchrl_rise.evaluation.results`: runs -> the numbers of a report, as data
+  (:func:`compute_results` -> :class:`ReportResults`, one :class:`SuiteResults` per suite).
+- :mod:`~torchrl_rise.evaluation.report`: those numbers -> markdown, PNGs, ``runs.csv`` and
+  ``aggregates.json`` (:func:`render_markdown`, :func:`write_figures`; :func:`build_report` does
+  everything).
 
 Example:
     >>> from torchrl_rise.evaluation import human_normalized_score
@@ -56,11 +61,11 @@ from torchrl_rise.evaluation.plots import (
     plot_learning_curves,
     plot_task_curves,
 )
-from torchrl_rise.evaluation.report import (
+from torchrl_rise.evaluation.report import Report, build_report, render_markdown, write_figures
+from torchrl_rise.evaluation.results import ReportResults, SuiteResults, compute_results
+from torchrl_rise.evaluation.runs import (
     SCORE_KINDS,
-    Report,
     RunResult,
-    build_report,
     collect_runs,
     is_run_complete,
     load_run,
@@ -82,13 +87,16 @@ __all__ = [
     "IntervalEstimate",
     "ReferenceRange",
     "Report",
+    "ReportResults",
     "RunResult",
+    "SuiteResults",
     "aggregate_curves",
     "aggregate_scores",
     "atari_game_name",
     "atari_reference",
     "build_report",
     "collect_runs",
+    "compute_results",
     "human_normalized_score",
     "iqm",
     "is_run_complete",
@@ -104,5 +112,7 @@ __all__ = [
     "procgen_game_name",
     "procgen_normalized_score",
     "reference_range",
+    "render_markdown",
     "score_matrices",
+    "write_figures",
 ]

@@ -2,9 +2,10 @@
 
 Scores are arranged as rliable expects: one ``[num_runs, num_tasks]`` matrix per method (runs are
 seeds, tasks are games), or ``[num_runs, num_tasks, num_points]`` for learning curves. The
-confidence intervals come from :func:`rliable.library.get_interval_estimates`: a stratified
-bootstrap that resamples runs within each task (Agarwal et al., 2021, "Deep Reinforcement Learning at
-the Edge of the Statistical Precipice").
+metrics are rliable's (:mod:`rliable.metrics`) and the confidence intervals come from
+:func:`rliable.library.get_interval_estimates`: a stratified bootstrap that resamples runs within
+each task (Agarwal et al., 2021, "Deep Reinforcement Learning at the Edge of the Statistical
+Precipice"), seeded for reproducibility.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import scipy.stats
+from rliable import metrics as rly_metrics
 
 __all__ = [
     "METRICS",
@@ -46,41 +47,38 @@ class IntervalEstimate(NamedTuple):
 
 
 def iqm(scores: np.ndarray) -> float:
-    """Interquartile mean: the 25%-trimmed mean over all runs and tasks pooled.
+    """Interquartile mean: the 25%-trimmed mean over all runs and tasks pooled (rliable's).
 
     Example:
         >>> iqm(np.array([[0.0, 1.0], [2.0, 100.0]]))
         1.5
     """
-    return float(scipy.stats.trim_mean(np.asarray(scores, dtype=np.float64), 0.25, axis=None))
+    return float(rly_metrics.aggregate_iqm(np.asarray(scores, dtype=np.float64)))
 
 
 def optimality_gap(scores: np.ndarray, *, gamma: float = 1.0) -> float:
     """How far the scores fall short of ``gamma`` on average (scores above ``gamma`` count as ``gamma``).
 
+    rliable's :func:`~rliable.metrics.aggregate_optimality_gap`.
+
     Example:
         >>> optimality_gap(np.array([[0.5, 2.0]]))
         0.25
     """
-    return float(gamma - np.mean(np.minimum(np.asarray(scores, dtype=np.float64), gamma)))
-
-
-def _median(scores: np.ndarray) -> float:
-    return float(np.median(np.mean(scores, axis=0)))
-
-
-def _mean(scores: np.ndarray) -> float:
-    return float(np.mean(np.mean(scores, axis=0)))
+    return float(
+        rly_metrics.aggregate_optimality_gap(np.asarray(scores, dtype=np.float64), gamma=gamma)
+    )
 
 
 METRICS = {
-    "median": _median,
-    "iqm": iqm,
-    "mean": _mean,
-    "optimality_gap": optimality_gap,
+    "median": rly_metrics.aggregate_median,
+    "iqm": rly_metrics.aggregate_iqm,
+    "mean": rly_metrics.aggregate_mean,
+    "optimality_gap": rly_metrics.aggregate_optimality_gap,
 }
-"""Metric name -> function of a ``[runs, tasks]`` matrix. Median and mean are over the per-task mean
-scores (rliable's definitions); IQM and optimality gap pool all runs and tasks."""
+"""Metric name -> rliable's function of a ``[runs, tasks]`` matrix (:mod:`rliable.metrics`).
+Median and mean are over the per-task mean scores; IQM and optimality gap pool all runs and
+tasks."""
 
 
 def _check_matrix(name: str, scores: np.ndarray, ndim: int) -> np.ndarray:
@@ -99,11 +97,15 @@ def _check_matrix(name: str, scores: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def _interval_estimates(score_dict, func, *, reps, confidence, seed, method="percentile"):
-    """rliable's stratified bootstrap, made reproducible by ``seed``.
+    """:func:`rliable.library.get_interval_estimates`, made reproducible by ``seed``.
 
-    rliable's ``StratifiedBootstrap`` draws its run indices from NumPy's *global* generator (it
-    ignores ``random_state``), so the global state is seeded here and restored afterwards; the
-    ``RandomState`` covers ``StratifiedIndependentBootstrap``, which does use it.
+    rliable (1.2.0) passes ``random_state`` on, but its ``StratifiedBootstrap.update_indices``
+    draws the resampled run indices with ``np.random.choice``, i.e. from NumPy's *global*
+    generator, so the same ``random_state`` gives different intervals from call to call and two
+    different ones give the same intervals under the same global seed (``tests/test_evaluation.py``
+    checks both). The global state is therefore seeded here and restored afterwards; the
+    ``RandomState`` still covers ``StratifiedIndependentBootstrap`` (probability of
+    improvement), which does use it.
     """
     from rliable import library
 
@@ -244,8 +246,6 @@ def probability_of_improvement(
         raise ValueError(
             f"both score matrices need the same tasks, got {x.shape[1]} and {y.shape[1]} columns."
         )
-    from rliable import metrics as rly_metrics
-
     points, intervals = _interval_estimates(
         {"p": [x, y]},
         rly_metrics.probability_of_improvement,

@@ -1,4 +1,9 @@
-"""Learnable modules: IMPALA CNN, noisy layers, IQN head, context stream, the network family, actor."""
+"""Learnable modules: IMPALA CNN, noisy layers, IQN head, context stream, the network family, actor.
+
+:class:`RiseContextStream` (and its TensorDict module :class:`RiseContextModule`) adds RISE's
+context stream to any feature extractor / Q-head pair; :func:`make_q_network` builds the
+networks of the paper from the same pieces.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from torchrl_rise.modules.networks import (
     make_q_network,
 )
 from torchrl_rise.modules.noisy import NoisyLinear, reset_noise
+from torchrl_rise.modules.stream import RiseContextModule, RiseContextStream
 
 __all__ = [
     "NETWORK_KINDS",
@@ -32,6 +38,8 @@ __all__ = [
     "ImpalaCNN",
     "NoisyLinear",
     "RecurrentBaselineQNetwork",
+    "RiseContextModule",
+    "RiseContextStream",
     "RiseQNetwork",
     "StreamFusion",
     "gate_statistics",

@@ -7,6 +7,7 @@ noisy IQN head, and TensorDict in/out. See ``docs/network.md`` for the options a
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -16,9 +17,10 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from torchrl_rise import keys
-from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, StreamFusion
+from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM
 from torchrl_rise.modules.impala import ImpalaCNN
 from torchrl_rise.modules.iqn import DuelingIQNHead
+from torchrl_rise.modules.stream import RiseContextStream
 
 __all__ = [
     "NETWORK_KINDS",
@@ -93,6 +95,11 @@ class RiseQNetwork(IQNNetworkBase):
     which is fused with the CNN features by a sigmoid gate (default), concatenation or addition,
     after the 6x6 pool (default) or before it. With ``use_context=False`` it is BTR's network.
 
+    The ``rise`` configuration is a :class:`~torchrl_rise.modules.RiseContextStream` (``stream``)
+    around the IMPALA CNN and the IQN head; ``net.cnn``, ``net.context``, ``net.fusion`` and
+    ``net.head`` are its parts, registered on the network itself (``context`` and ``fusion`` are
+    ``None`` for ``btr``).
+
     Outputs ``quantiles`` ``[N, A]``, ``taus`` ``[N]``, ``action_value`` ``[A]`` (mean over the
     taus) and, for the gate fusion with ``emit_gate=True``, ``rise_gate`` (the flattened gate).
     Any leading batch dims are accepted, including none (one env acting).
@@ -151,7 +158,7 @@ class RiseQNetwork(IQNNetworkBase):
             )
         if context_length is not None and context_length < 1:
             raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
-        self.cnn = ImpalaCNN(
+        cnn = ImpalaCNN(
             in_channels,
             frame_size=frame_size,
             width_scale=width_scale,
@@ -163,23 +170,18 @@ class RiseQNetwork(IQNNetworkBase):
         self.fusion_mode = fusion if use_context else None
         self.gate_position = gate_position
         self.context_length = context_length
-        head_in = self.cnn.out_features
+        context = None
         if use_context:
-            if gate_position == "post_pool":
-                feature_shape: tuple[int, ...] = (self.cnn.out_features,)
-            else:
-                feature_shape = self.cnn.map_shape
-            size = 1
-            for s in feature_shape:
-                size *= s
-            self.context = ContextLSTM(embedding_dim, hidden=lstm_hidden, out_features=size)
-            self.fusion = StreamFusion(fusion, feature_shape)
-            head_in *= self.fusion.out_channels_factor
-        else:
-            self.context = None
-            self.fusion = None
-        self.head = DuelingIQNHead(
-            head_in,
+            # post_pool: fuse the pooled [F] features; pre_pool: the [C, h, w] map before the pool
+            feature_shape = (cnn.out_features,) if gate_position == "post_pool" else cnn.map_shape
+            # built before the head: the same seed gives the same weights as before the stream
+            # existed (construction order cnn, context, head)
+            context = ContextLSTM(
+                embedding_dim, hidden=lstm_hidden, out_features=math.prod(feature_shape)
+            )
+        factor = 2 if use_context and fusion == "concat" else 1
+        head = DuelingIQNHead(
+            cnn.out_features * factor,
             num_actions,
             hidden=mlp_hidden,
             num_cosines=num_cosines,
@@ -188,6 +190,24 @@ class RiseQNetwork(IQNNetworkBase):
             dueling=dueling,
             layer_norm=layer_norm,
         )
+        stream = None
+        if use_context:
+            stream = RiseContextStream(
+                cnn,
+                head,
+                feature_shape=feature_shape,
+                fusion=fusion,
+                context_module=context,
+                return_gate=True,
+            )
+        # the parts are registered on the network under the names its state dicts have always
+        # used (cnn, context, fusion, head); the stream that composes them stays unregistered,
+        # so it adds no second name for the same parameters
+        self.cnn = cnn
+        self.context = context
+        self.fusion = stream.fusion if stream is not None else None
+        self.head = head
+        self.__dict__["_stream"] = stream
         self.num_actions = num_actions
         self.emit_gate = emit_gate and use_context and fusion == "gate"
         self.pixels_key = pixels_key
@@ -202,6 +222,15 @@ class RiseQNetwork(IQNNetworkBase):
             [gate_key] if self.emit_gate else []
         )
 
+    @property
+    def stream(self) -> RiseContextStream | None:
+        """The ``rise`` network's :class:`RiseContextStream` (``None`` for ``btr``).
+
+        It is composed of this network's own ``cnn``, ``context``, ``fusion`` and ``head``
+        (registered here, so state dicts and parameter names are those of the network).
+        """
+        return self.__dict__["_stream"]
+
     def features(
         self,
         pixels: torch.Tensor,
@@ -209,16 +238,14 @@ class RiseQNetwork(IQNNetworkBase):
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flat batch ``[B, C, H, W]`` (+ ``[B, K, D]``, ``[B, K]``) -> head input ``[B, F]``, gate."""
-        fmap = self.cnn.feature_map(pixels)
-        if not self.use_context:
-            return self.cnn.pool(fmap), None
-        assert context is not None and mask is not None
-        ctx = self.context(context, mask)
+        if self.stream is None:
+            return self.cnn(pixels), None
+        if context is None or mask is None:
+            raise ValueError("the rise network's features need the context window and its mask.")
         if self.gate_position == "pre_pool":
-            fused, gate = self.fusion(fmap, ctx)
+            fused, gate = self.stream.fuse(self.cnn.feature_map(pixels), context, mask)
             return self.cnn.pool(fused), gate
-        fused, gate = self.fusion(self.cnn.pool(fmap), ctx)
-        return fused, gate
+        return self.stream.fuse(self.cnn(pixels), context, mask)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         pixels = tensordict.get(self.pixels_key)
@@ -254,9 +281,13 @@ class RiseQNetwork(IQNNetworkBase):
             context = context.reshape(-1, *context.shape[-2:])
             mask = mask.reshape(-1, mask.shape[-1])
         flat_pixels = pixels.reshape(-1, *pixels.shape[-3:])
-        feats, gate = self.features(flat_pixels, context, mask)
-        taus = self._sample_taus(feats.shape[0], feats.device)
-        quantiles = self.head(feats, taus)
+        taus = self._sample_taus(flat_pixels.shape[0], flat_pixels.device)
+        if self.stream is not None and self.gate_position == "post_pool":
+            out = self.stream(flat_pixels, context, mask, taus)
+            quantiles, gate = out if self.stream.return_gate else (out, None)
+        else:
+            feats, gate = self.features(flat_pixels, context, mask)
+            quantiles = self.head(feats, taus)
         self._write(tensordict, batch_shape, quantiles, taus)
         if self.emit_gate and gate is not None:
             tensordict.set(self.gate_key, gate.reshape(*batch_shape, -1))
