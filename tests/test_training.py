@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensordict.nn import TensorDictModule
 
+from torchrl_rise._fileio import CheckpointCorruptError
 from torchrl_rise.training import (
     ConfigError,
     TrainConfig,
@@ -170,13 +171,12 @@ class _Evil:
         return (print, ("code ran",))
 
 
-def test_checkpoint_loading_never_executes_code(tmp_path):
-    folder = tmp_path / "frames_000000000001"
-    folder.mkdir()
-    with open(folder / "state.pt", "wb") as f:
-        torch.save({"x": _Evil()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+def test_checkpoint_loading_never_executes_code(tmp_path, capsys):
+    folder = save_checkpoint(tmp_path, {"x": _Evil()}, step=1)  # a valid manifest, evil payload
+    with pytest.raises(CheckpointCorruptError, match=r"state\.pt") as info:
         load_checkpoint(folder)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert "code ran" not in capsys.readouterr().out
 
 
 def test_rng_state_roundtrip(tmp_path):
