@@ -64,21 +64,21 @@ def assert_same(a: TensorDict, b: TensorDict) -> None:
 # ---------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("copy_dir", [False, True])
-def test_resume_samples_exactly_the_same(tmp_path, copy_dir):
+@pytest.mark.parametrize("mode", ["self_contained", "chunk_store", "moved"])
+def test_resume_samples_exactly_the_same(tmp_path, mode):
     rb = make_rb(tmp_path, alpha=0.6)
     for i in range(5):  # 5 x 12 steps + finals > 32 slots per lane: the rings wrap
         rb.extend(make_batch(2, 12, end_every=5, seed=i))
         batch = rb.sample()
         batch["td_error"] = torch.rand(8) * (i + 1)
         rb.update_tensordict_priority(batch)
-    rb.dumps(tmp_path)  # scratch_dir is tmp_path/"storage": in-place flush
-    if copy_dir:
-        shutil.copytree(tmp_path, tmp_path.parent / "moved")
-        ckpt, scratch = tmp_path.parent / "moved", tmp_path.parent / "other_storage"
-    else:
-        ckpt, scratch = tmp_path, tmp_path / "storage"
-    resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=scratch, seed=99)  # seed is restored
+    store = tmp_path / "run" / "chunks" if mode != "self_contained" else None
+    rb.dumps(tmp_path / "run" / "ckpt", chunk_store=store)
+    ckpt = tmp_path / "run" / "ckpt"
+    if mode == "moved":  # the run directory moves as a whole: the store is found relative to it
+        shutil.move(tmp_path / "run", tmp_path / "moved")
+        ckpt = tmp_path / "moved" / "ckpt"
+    resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=tmp_path / "s2", seed=99)  # seed restored
     resumed.loads(ckpt)
     assert len(resumed) == len(rb)
     assert torch.equal(resumed.sampleable_index(), rb.sampleable_index())
@@ -106,6 +106,21 @@ def test_close_open_episodes_starts_new_episodes(tmp_path):
     rb2.extend(first)
     rb2.extend(second)
     assert rb2.gather(torch.tensor([5]))["rise_context_mask"][0].all()
+
+
+def test_close_open_episodes_never_splices_the_cut_episode(tmp_path):
+    rb = make_rb(tmp_path, E=1, n_step=2, frame_stack=2, context_length=3)
+    first, second = make_batch(1, 6, seed=1), make_batch(1, 6, seed=2)
+    rb.extend(first)  # steps 0-5 of an episode the envs never finish
+    rb.close_open_episodes()
+    rb.extend(second)  # a new episode in slots 6-11
+    # Steps 4 and 5 lack their n-step future in their own episode: they stay unsampleable.
+    assert rb.sampleable_index().tolist() == [0, 1, 2, 3, 6, 7, 8, 9]
+    rb.extend(make_batch(1, 6, seed=3))
+    assert 4 not in rb.sampleable_index().tolist() and 5 not in rb.sampleable_index().tolist()
+    got = rb.gather(torch.tensor([3]))  # the cut episode's last sampleable step: all its own
+    assert torch.equal(got["next", "pixels"][0, -1], first["pixels"][0, 5, -1])
+    assert torch.equal(got["next", "rise_context"][0, -1], first["rise_embedding"][0, 5])
 
 
 def test_resume_rejects_a_different_layout(tmp_path):

@@ -27,7 +27,7 @@ class Episode:
     obs: list[int] = field(default_factory=list)  # observation ids, first to last (incl. final)
     rewards: list[float] = field(default_factory=list)
     actions: list[int] = field(default_factory=list)
-    end: str | None = None  # None (running), "term" or "trunc"
+    end: str | None = None  # None (running), "term", "trunc" or "cut" (close_open_episodes)
 
 
 @dataclass
@@ -52,6 +52,12 @@ class Simulator:
     def _new_episode(self, e: int) -> None:
         lane = self.lanes[e]
         lane.episodes.append(Episode(obs=[self._obs(e)]))
+
+    def cut(self) -> None:
+        """Every env restarts (as after a resume): the running episodes end without a done."""
+        for e, lane in enumerate(self.lanes):
+            lane.episodes[-1].end = "cut"
+            self._new_episode(e)
 
     def frame(self, obs_id: int) -> torch.Tensor:
         return torch.tensor([[obs_id % 251, obs_id // 251]], dtype=torch.uint8).view(1, 1, 2)
@@ -120,7 +126,8 @@ def reference(sim: Simulator, L: int, n: int, K: int, gamma: float) -> dict[int,
         # observation. A running episode's newest observation is not written yet (no step from it).
         written = []
         for ep_i, ep in enumerate(lane.episodes):
-            last = len(ep.obs) if ep.end is not None else len(ep.obs) - 1
+            # A cut episode, like a running one, never had its newest observation written.
+            last = len(ep.obs) if ep.end in ("term", "trunc") else len(ep.obs) - 1
             written += [(ep_i, p) for p in range(last)]
         total = len(written)
         oldest = total - L
@@ -133,10 +140,13 @@ def reference(sim: Simulator, L: int, n: int, K: int, gamma: float) -> dict[int,
             if r - min(sim.S - 1, pos) < oldest:  # frame stack partly overwritten
                 continue
             steps_left = len(ep.rewards) - pos
-            m = min(n, steps_left) if ep.end is not None else n
+            ended = ep.end in ("term", "trunc")
+            m = min(n, steps_left) if ended else n
             if m > steps_left or r + m >= total:  # n-step future not written yet
                 continue
-            ended_here = ep.end is not None and pos + m == len(ep.rewards)
+            if ep.end == "cut" and pos + m >= len(ep.rewards):  # its future never comes
+                continue
+            ended_here = ended and pos + m == len(ep.rewards)
             term = ended_here and ep.end == "term"
             trunc = ended_here and ep.end == "trunc"
 
@@ -191,7 +201,9 @@ def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict]) -> None:
     frame_stack=st.integers(1, 4),
     extra_lane=st.integers(1, 25),
     p_end=st.sampled_from([0.0, 0.1, 0.3, 0.6]),
-    chunks=st.lists(st.integers(1, 7), min_size=1, max_size=8),
+    chunks=st.lists(
+        st.tuples(st.integers(1, 7), st.sampled_from([False, False, True])), min_size=1, max_size=8
+    ),
     prioritized=st.booleans(),
 )
 def test_matches_bruteforce_reference(
@@ -224,8 +236,11 @@ def test_matches_bruteforce_reference(
         scratch_dir=tmp_path_factory.mktemp("rb"),
         seed=seed,
     )
-    for T in chunks:
+    for T, cut in chunks:
         T = min(T, lane // 2)  # one write never exceeds a lane (steps + final observations)
+        if cut:  # envs restart without the buffer seeing their episodes end
+            rb.close_open_episodes()
+            sim.cut()
         rb.extend(sim.step(T))
         check_against_reference(rb, reference(sim, lane, n_step, context_length, gamma))
     if len(rb):

@@ -26,10 +26,15 @@ so (the learner sees a shorter context, as at the start of an episode).
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import logging
+import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,20 +45,39 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyMemmapStorage
 
 from torchrl_rise import keys
+from torchrl_rise._fileio import CHECKSUM, describe_file, is_disk_full, write_atomic
+from torchrl_rise.replay import snapshot
 from torchrl_rise.replay.sampler import ReadinessSampler
 
-__all__ = ["InsufficientDiskSpaceError", "RiseReplayBuffer"]
+__all__ = ["InsufficientDiskSpaceError", "RiseReplayBuffer", "ScratchInUseError"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_FILE = "rise_replay_state.pt"
-_STATE_VERSION = 1
 # Bytes of disk headroom kept free on top of the buffer's own needs.
 _DISK_MARGIN = 1.02
+_LOCK_FILE = ".lock"
+# The memmap files a buffer writes into its scratch_dir (TorchRL names them after the fields).
+_FIELD_NAMES = (
+    "frame",
+    "embedding",
+    "action",
+    "reward",
+    "terminated",
+    "truncated",
+    "final",
+    "episode",
+    "lane_step",
+    "episode_step",
+)
+_STORAGE_META = "meta.json"
 
 
 class InsufficientDiskSpaceError(OSError):
     """The memmap directory cannot hold the requested capacity."""
+
+
+class ScratchInUseError(RuntimeError):
+    """Another live buffer (in this process or another) holds the ``scratch_dir`` lock."""
 
 
 def _existing_parent(path: Path) -> Path:
@@ -128,6 +152,14 @@ class RiseReplayBuffer:
         priority_key: the key :meth:`update_tensordict_priority` reads.
         seed: seed of the buffer's sampling generator (drawn from torch's global RNG if ``None``).
         check_disk: check up front that ``scratch_dir`` has room for the whole capacity.
+        chunk_records: slots per snapshot chunk (see :meth:`dumps`); 1024 by default, 8.3 MB
+            per chunk file at the Atari layout.
+
+    The buffer takes an exclusive lock on ``scratch_dir`` (``<scratch_dir>/.lock``, holding its
+    pid) for its lifetime: a second live buffer on the same directory raises
+    :class:`ScratchInUseError`; memmap files left there by a process that died without
+    :meth:`close` are deleted (with a warning) and the buffer starts empty: resume goes through
+    :meth:`loads`. Use the buffer as a context manager or call :meth:`close` when done.
 
     Example:
         >>> import torch
@@ -186,6 +218,7 @@ class RiseReplayBuffer:
         priority_key: NestedKey = keys.PRIORITY,
         seed: int | None = None,
         check_disk: bool = True,
+        chunk_records: int = snapshot.DEFAULT_CHUNK_RECORDS,
     ) -> None:
         frame_shape = tuple(int(x) for x in frame_shape)
         if len(frame_shape) != 3 or min(frame_shape) < 1:
@@ -199,6 +232,7 @@ class RiseReplayBuffer:
             ("n_step", n_step, 1),
             ("context_length", context_length, 0),
             ("batch_size", batch_size, 1),
+            ("chunk_records", chunk_records, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -254,14 +288,22 @@ class RiseReplayBuffer:
         self.context_mask_key = _as_key(context_mask_key)
         self.priority_key = _as_key(priority_key)
 
+        self.chunk_records = chunk_records
+        self._closed = False
+        self._lock_fd: int | None = None
         if scratch_dir is None:
             scratch_dir = tempfile.mkdtemp(prefix="rise_replay_")
             self._owns_scratch = True
         else:
             self._owns_scratch = False
         self.scratch_dir = Path(scratch_dir).absolute()
+        self._open_scratch()
         if check_disk:
-            self._check_disk()
+            try:
+                self._check_disk()
+            except BaseException:
+                self._release_lock()
+                raise
 
         # One record more than the lanes use: it stays all zeros and pads invalid window entries.
         self._zero = self.capacity
@@ -291,6 +333,12 @@ class RiseReplayBuffer:
         self._fields: dict[str, torch.Tensor] = {}
         self._lane_base = torch.arange(E, dtype=torch.long) * self.lane_capacity
         self._gamma_pow = self.gamma ** torch.arange(n_step + 1, dtype=torch.float64)
+        # Snapshot bookkeeping: which chunks were written since the last dump into a chunk store,
+        # and the chunk files (in that store) that hold the others.
+        self._chunk_bounds = snapshot.chunk_bounds(self.capacity + 1, chunk_records)
+        self._dirty = torch.ones(len(self._chunk_bounds), dtype=torch.bool)
+        self._chunk_store: Path | None = None
+        self._chunk_refs: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ sizes and settings
     @property
@@ -303,6 +351,42 @@ class RiseReplayBuffer:
         n += 8 + 4 + 3  # action int64, reward float32, terminated/truncated/final bool
         n += 3 * 8  # episode id, lane step, episode step (int64)
         return n
+
+    def _field_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """dtype and per-record shape of every stored field, in snapshot order."""
+        specs = {
+            "frame": (torch.uint8, self.frame_shape),
+            "action": (torch.int64, ()),
+            "reward": (torch.float32, ()),
+            "terminated": (torch.bool, ()),
+            "truncated": (torch.bool, ()),
+            "final": (torch.bool, ()),
+            "episode": (torch.int64, ()),
+            "lane_step": (torch.int64, ()),
+            "episode_step": (torch.int64, ()),
+        }
+        if self.use_embeddings:
+            specs["embedding"] = (self.embedding_dtype, (self.embedding_dim,))
+        return specs
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memmap storage in total (all lanes plus the pad record): the scratch disk
+        the buffer uses, and the size of a full dump's chunks."""
+        return (self.capacity + 1) * self.nbytes_per_transition
+
+    @property
+    def chunk_nbytes(self) -> int:
+        """Bytes of one snapshot chunk file (``chunk_records`` records; the last may be smaller).
+
+        An incremental dump writes ``chunk_nbytes`` per chunk written to since the previous one,
+        plus the small state (:attr:`state_nbytes`)."""
+        return self.chunk_records * self.nbytes_per_transition
+
+    @property
+    def state_nbytes(self) -> int:
+        """Approximate bytes of a dump's small state (readiness, sampler trees, cursors)."""
+        return self.capacity * (1 + 2 * 4) + 64 * 2**10
 
     @property
     def beta(self) -> float:
@@ -334,19 +418,121 @@ class RiseReplayBuffer:
         )
 
     def _check_disk(self) -> None:
-        needed = (self.capacity + 1) * self.nbytes_per_transition
-        existing = 0
-        if self.scratch_dir.exists():
-            existing = sum(f.stat().st_size for f in self.scratch_dir.rglob("*.memmap"))
+        needed = self.nbytes
         where = _existing_parent(self.scratch_dir)
         free = shutil.disk_usage(where).free
-        if (needed - existing) * _DISK_MARGIN > free:
+        if needed * _DISK_MARGIN > free:
             raise InsufficientDiskSpaceError(
                 f"The replay buffer needs {needed / 2**30:.2f} GiB of memmap storage "
                 f"({self.capacity + 1} records x {self.nbytes_per_transition} bytes) in "
                 f"{str(self.scratch_dir)!r}, but only {free / 2**30:.2f} GiB are free on that disk "
                 f"({str(where)!r}). Point scratch_dir to a disk with more room or lower capacity."
             )
+
+    # ------------------------------------------------------------------ scratch directory
+    def _open_scratch(self) -> None:
+        """Create ``scratch_dir``, take its lock and reclaim what a dead process left there."""
+        where = str(self.scratch_dir)
+        try:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.scratch_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ValueError(
+                f"scratch_dir {where!r} cannot hold the replay memmaps: {err.strerror or err} "
+                f"({type(err).__name__}). Point scratch_dir to a writable directory (it is "
+                "created if missing)."
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ScratchInUseError(
+                    f"scratch_dir {where!r} is in use by another live replay buffer (pid "
+                    f"{holder}{', this process' if holder == str(os.getpid()) else ''}). Give "
+                    "each buffer its own scratch_dir, or close() the other one first."
+                ) from err
+            raise ValueError(f"scratch_dir {where!r} cannot be locked: {err}.") from err
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            os.close(fd)
+            raise ValueError(
+                f"scratch_dir {where!r} is not writable: {err.strerror or err}. Point scratch_dir "
+                "to a writable directory."
+            ) from err
+        self._lock_fd = fd
+        self._lock_release = weakref.finalize(self, os.close, fd)
+        try:
+            self._reclaim()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _scratch_files(self) -> list[Path]:
+        names = [f"{name}.memmap" for name in _FIELD_NAMES] + [_STORAGE_META]
+        return [p for p in (self.scratch_dir / name for name in names) if p.exists()]
+
+    def _reclaim(self) -> None:
+        """Delete memmap files that a buffer left here without close() (it no longer runs: we
+        hold the lock). They are never reused: a resume goes through loads()."""
+        files = self._scratch_files()
+        memmaps = [p for p in files if p.suffix == ".memmap"]
+        if memmaps:
+            size = sum(p.stat().st_size for p in memmaps)
+            logger.warning(
+                "scratch_dir %s holds memmap files of a replay buffer that ended without close() "
+                "(a crash?): reclaimed %s (%.2f GiB). The buffer starts empty; resume it with "
+                "loads(<checkpoint>).",
+                self.scratch_dir,
+                ", ".join(p.name for p in memmaps),
+                size / 2**30,
+            )
+        for p in files:
+            p.unlink(missing_ok=True)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            self._lock_release()  # closes the descriptor, which drops the flock
+            self._lock_fd = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"This replay buffer was closed (its scratch_dir {str(self.scratch_dir)!r} was "
+                "released); build a new one."
+            )
+
+    def close(self) -> None:
+        """Delete the buffer's memmap files and release its ``scratch_dir`` lock.
+
+        The buffer cannot be used afterwards. Idempotent. What it held survives only in its dumps.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._fields = {}
+        storage, self.storage = self.storage, None
+        if storage is not None and storage.initialized and self._owns_scratch:
+            storage.cleanup()
+        del storage
+        for p in self._scratch_files():
+            p.unlink(missing_ok=True)
+        if self._owns_scratch:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+        self._release_lock()
+
+    def cleanup(self) -> None:
+        """Same as :meth:`close` (kept for existing callers)."""
+        self.close()
+
+    def __enter__(self) -> RiseReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ writing
     def _lanes_view(self, td: TensorDictBase) -> TensorDictBase:
@@ -422,6 +608,7 @@ class RiseReplayBuffer:
     @torch.no_grad()
     def extend(self, td: TensorDictBase) -> None:
         """Write consecutive steps of every env (see the class docstring for the layout)."""
+        self._check_open()
         td = self._lanes_view(td)
         E, T = td.batch_size
         if T == 0:
@@ -529,18 +716,12 @@ class RiseReplayBuffer:
             data = {name: torch.cat([data[name], finals[name]]) for name in data}
         index = torch.cat(index)
         batch = TensorDict(data, batch_size=[index.numel()])
-        first_write = not self.storage.initialized
-        if first_write and any(self.scratch_dir.glob("*.memmap")):
-            raise FileExistsError(
-                f"scratch_dir {str(self.scratch_dir)!r} already holds memmap files of another "
-                f"buffer. To resume it, call loads(<checkpoint dir>) before extend(); to start "
-                f"afresh, delete them or choose an empty directory."
-            )
+        if not self.storage.initialized:
+            self._init_storage()
         self.storage.set(index, batch)
         # Every slot of every lane is allocated: the sampler must see the whole range.
         self.storage._len = self.capacity
-        if first_write:
-            self._bind_fields()
+        self._dirty[index // self.chunk_records] = True
 
         old_next = self._lane_next.clone()
         self._lane_next += n_rec
@@ -549,6 +730,49 @@ class RiseReplayBuffer:
         self._episode_step = ep_step[:, -1] + 1
         self._next_episode_id += int(n_starts.sum())
         self._refresh_readiness(old_next, int(n_rec.max()))
+
+    def _init_storage(self) -> None:
+        """Create the memmap files (writing the all-zero pad record) and allocate their blocks."""
+        specs = self._field_specs()
+        pad = TensorDict(
+            {name: torch.zeros(1, *shape, dtype=dtype) for name, (dtype, shape) in specs.items()},
+            batch_size=[1],
+        )
+        self.storage.set(torch.tensor([self._zero]), pad)
+        self.storage._len = self.capacity
+        self._bind_fields()
+        self._preallocate()
+        self._dirty.fill_(True)
+
+    def _preallocate(self) -> None:
+        """Allocate every memmap file's blocks now (they are sparse): a disk without room fails
+        here with a clear error instead of killing the process with SIGBUS at some later write."""
+        for name, value in self.storage._storage.items():
+            filename = value.filename
+            size = value.numel() * value.element_size()
+            fd = os.open(filename, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise InsufficientDiskSpaceError(
+                        errno.ENOSPC,
+                        f"No room to allocate the replay memmaps in {str(self.scratch_dir)!r}: "
+                        f"the {name!r} field needs {size / 2**30:.2f} GiB of the buffer's "
+                        f"{self.nbytes / 2**30:.2f} GiB. Free disk space, point scratch_dir to a "
+                        "disk with more room or lower capacity.",
+                    ) from err
+                if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    logger.warning(
+                        "The file system of %s cannot preallocate files (%s): a disk that "
+                        "fills up later may end the process with SIGBUS.",
+                        self.scratch_dir,
+                        err,
+                    )
+                    return
+                raise
+            finally:
+                os.close(fd)
 
     def _bind_fields(self) -> None:
         td = self.storage._storage
@@ -596,12 +820,16 @@ class RiseReplayBuffer:
         written = (s[:, None] + offsets) < nxt[:, None]
         ends = (f["terminated"][fut] | f["truncated"][fut]) & written
         m = _steps_taken(ends)
-        return ok & (s + m < nxt)
+        # The bootstrap record must be of the anchor's episode: after close_open_episodes() the
+        # next records belong to a new episode, and nothing may be read across that cut.
+        boot = (s + m) % L + lanes * L
+        return ok & (s + m < nxt) & (f["episode"][boot] == f["episode"][slot])
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, batch_size: int | None = None) -> TensorDict:
         """Draw a batch of transitions (prioritized or uniform) with their windows."""
+        self._check_open()
         batch_size = self.batch_size if batch_size is None else batch_size
         if self._num_ready == 0:
             raise RuntimeError(
@@ -748,27 +976,15 @@ class RiseReplayBuffer:
             "num_envs": self.num_envs,
             "frame_shape": list(self.frame_shape),
             "frame_stack": self.frame_stack,
+            "n_step": self.n_step,
             "use_embeddings": self.use_embeddings,
             "embedding_dim": self.embedding_dim if self.use_embeddings else 0,
             "embedding_dtype": str(self.embedding_dtype),
             "prioritized": self.prioritized,
         }
 
-    def dumps(self, path: str | Path) -> None:
-        """Checkpoint everything needed to resume: contents, cursors, episodes, priorities, RNG.
-
-        The memmap files go to ``path/"storage"``; if that is the buffer's ``scratch_dir`` they are
-        only flushed (no copy), so ``scratch_dir=<checkpoint dir>/storage`` makes checkpoints cheap.
-        """
-        path = Path(path).absolute()
-        path.mkdir(parents=True, exist_ok=True)
-        if self.storage.initialized:
-            self.storage.dumps(path / "storage")
-        self.sampler.dumps(path / "sampler")
-        state = {
-            "version": _STATE_VERSION,
-            "config": self._config(),
-            "storage_initialized": self.storage.initialized,
+    def _state(self) -> dict[str, Any]:
+        return {
             "lane_next": self._lane_next,
             "episode_open": self._episode_open,
             "episode_id": self._episode_id,
@@ -778,27 +994,129 @@ class RiseReplayBuffer:
             "num_ready": self._num_ready,
             "generator": self._generator.get_state(),
         }
-        torch.save(state, path / _STATE_FILE)
-        logger.info("Replay buffer checkpointed to %s (%d sampleable).", path, len(self))
 
-    def loads(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`dumps` into this (freshly built) buffer.
+    def _snapshot_fields(self) -> dict[str, torch.Tensor]:
+        return {name: self._fields[name] for name in self._field_specs()}
 
-        If ``path/"storage"`` is this buffer's ``scratch_dir`` the memmap files are opened in place;
-        otherwise they are copied into ``scratch_dir``.
+    def dumps(self, path: str | Path, *, chunk_store: str | Path | None = None) -> dict[str, int]:
+        """Checkpoint everything needed to resume: contents, cursors, episodes, priorities, RNG.
+
+        The storage is cut into chunks of :attr:`chunk_records` slots, one file each. Without
+        ``chunk_store`` they are written inside ``path`` (a self-contained dump). With one, only
+        the chunks written to since this buffer's previous dump into that store (or since it
+        loaded a dump that uses it) are written there, as new immutable files; the dump refers to
+        the store's files for the others. ``path`` receives a manifest (every file the dump needs,
+        with its size and CRC-32; written last, so a dump without it is incomplete) and the small
+        state. Dumping again into the same ``path`` replaces the dump atomically. Remove the
+        store files no kept dump needs with :func:`~torchrl_rise.replay.prune_chunk_store`.
+
+        Args:
+            path: the dump directory (created if missing).
+
+        Keyword Args:
+            chunk_store: a directory shared by the dumps of one run (created if missing); it may
+                be anywhere, the manifest refers to it by its path relative to ``path``.
+
+        Returns:
+            ``{"bytes_written", "bytes_reused", "files_written", "files_reused"}``: what this
+            dump wrote (chunks, state, manifest) and the chunk files it refers to unchanged.
         """
+        self._check_open()
         path = Path(path).absolute()
-        state_file = path / _STATE_FILE
-        if not state_file.exists():
-            raise FileNotFoundError(
-                f"{str(state_file)!r} does not exist: loads() expects a directory written by "
-                f"RiseReplayBuffer.dumps()."
-            )
-        # weights_only: the state is tensors and plain containers; nothing in the file can run code.
-        state = torch.load(state_file, weights_only=True)
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"Unsupported replay checkpoint version {state.get('version')!r}.")
-        mine, theirs = self._config(), state["config"]
+        path.mkdir(parents=True, exist_ok=True)
+        token = snapshot.new_name("d", "")[2:14]
+        stats = {"bytes_written": 0, "bytes_reused": 0, "files_written": 0, "files_reused": 0}
+
+        def wrote(desc: dict[str, Any]) -> dict[str, Any]:
+            stats["bytes_written"] += desc["size"]
+            stats["files_written"] += 1
+            return desc
+
+        store = None if chunk_store is None else Path(chunk_store).absolute()
+        root = path / snapshot.CHUNK_DIR if store is None else store
+        chunks: list[dict[str, Any]] = []
+        if self.storage.initialized:
+            root.mkdir(parents=True, exist_ok=True)
+            fields = self._snapshot_fields()
+            refs = self._chunk_refs if store is not None and store == self._chunk_store else None
+            for i, (start, end) in enumerate(self._chunk_bounds):
+                ref = None if refs is None or bool(self._dirty[i]) else refs[i]
+                if ref is not None:
+                    try:
+                        snapshot.check_size(root / ref["file"], ref)
+                    except snapshot.CheckpointCorruptError as err:
+                        logger.warning("%s Writing that chunk again.", err)
+                        ref = None
+                if ref is not None:
+                    chunks.append(ref)
+                    stats["bytes_reused"] += ref["size"]
+                    stats["files_reused"] += 1
+                    continue
+                name = snapshot.new_name(f"chunk{i:06d}", ".bin")
+                desc = snapshot.write_chunk(root / name, fields, start, end)
+                chunks.append({"file": name, **wrote(desc)})
+        state_name = f"state-{token}.pt"
+        state = wrote(write_atomic(path / state_name, lambda f: torch.save(self._state(), f)))
+        sampler_name = f"sampler-{token}/sampler.pt"
+        sampler = wrote(self.sampler.dumps(path / f"sampler-{token}"))
+        manifest = {
+            "format": snapshot.FORMAT,
+            "version": snapshot.VERSION,
+            "config": self._config(),
+            "fields": [
+                {"name": name, "dtype": str(dtype), "shape": list(shape)}
+                for name, (dtype, shape) in self._field_specs().items()
+            ],
+            "num_records": self.capacity + 1,
+            "chunk_records": self.chunk_records,
+            "storage_initialized": bool(self.storage.initialized),
+            "chunk_store": None if store is None else snapshot.relative_store(store, path),
+            "chunks": chunks,
+            "state": {"file": state_name, **state},
+            "sampler": {"file": sampler_name, **sampler},
+        }
+        wrote(snapshot.write_manifest(path, manifest))
+        snapshot.remove_stale(path, snapshot.manifest_files(path, manifest))
+        if store is not None:
+            self._chunk_store, self._chunk_refs = store, chunks
+            self._dirty.fill_(False)
+        logger.info(
+            "Replay buffer dumped to %s (%d sampleable): %.1f MB written in %d files, %.1f MB "
+            "reused in %d chunk files.",
+            path,
+            len(self),
+            stats["bytes_written"] / 1e6,
+            stats["files_written"],
+            stats["bytes_reused"] / 1e6,
+            stats["files_reused"],
+        )
+        return stats
+
+    def loads(self, path: str | Path, *, chunk_store: str | Path | None = None) -> None:
+        """Restore a dump written by :meth:`dumps` (self-contained or into a chunk store).
+
+        Every file is checked against the manifest: all sizes before anything is read, checksums
+        while the chunks are copied into this buffer's ``scratch_dir`` (checkpoint files are only
+        ever opened read-only). Afterwards the buffer knows which chunk files hold its contents,
+        so its next dump into the same store is incremental.
+
+        Args:
+            path: a dump directory.
+
+        Keyword Args:
+            chunk_store: where the dump's chunk store is now, if it was moved without the dump
+                (by default the path the manifest records, relative to ``path``).
+
+        Raises:
+            FileNotFoundError: ``path`` holds no complete dump.
+            ValueError: the dump was written by a buffer with another layout.
+            CheckpointCorruptError: a file is missing, truncated or damaged (the message names
+                it). The buffer is then left empty.
+        """
+        self._check_open()
+        path = Path(path).absolute()
+        manifest = snapshot.read_manifest(path)
+        mine, theirs = self._config(), manifest["config"]
         if mine != theirs:
             diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine[k] != theirs.get(k)}
             raise ValueError(
@@ -806,11 +1124,58 @@ class RiseReplayBuffer:
                 f"(checkpoint vs this buffer): {json.dumps(diff, default=str)}. Build the buffer "
                 f"with the checkpoint's settings."
             )
-        if state["storage_initialized"]:
-            self.storage.loads(path / "storage")
-            self.storage._len = self.capacity
-            self._bind_fields()
-        self.sampler.loads(path / "sampler")
+        fields_want = [
+            {"name": name, "dtype": str(dtype), "shape": list(shape)}
+            for name, (dtype, shape) in self._field_specs().items()
+        ]
+        if manifest["fields"] != fields_want or manifest["num_records"] != self.capacity + 1:
+            raise ValueError(
+                f"The checkpoint's stored fields {manifest['fields']} ({manifest['num_records']} "
+                f"records) differ from this buffer's {fields_want} ({self.capacity + 1})."
+            )
+        if manifest["chunk_store"] is None:
+            root = path / snapshot.CHUNK_DIR
+        elif chunk_store is not None:
+            root = Path(chunk_store).absolute()
+        else:
+            root = snapshot.chunk_root(path, manifest)
+        chunks = manifest["chunks"]
+        bounds = snapshot.chunk_bounds(manifest["num_records"], manifest["chunk_records"])
+        if manifest["storage_initialized"] and len(chunks) != len(bounds):
+            raise snapshot.CheckpointCorruptError(
+                f"{path / snapshot.MANIFEST} lists {len(chunks)} chunks, its layout needs "
+                f"{len(bounds)}."
+            )
+        state_file = path / manifest["state"]["file"]
+        sampler_file = path / manifest["sampler"]["file"]
+        # Sizes first: a truncated or padded file fails before a byte is read.
+        for file, want in (
+            (state_file, manifest["state"]),
+            (sampler_file, manifest["sampler"]),
+            *((root / c["file"], c) for c in chunks),
+        ):
+            snapshot.check_size(file, want)
+        # weights_only: the state is tensors and plain containers; nothing in it can run code.
+        state = torch.load(
+            io.BytesIO(snapshot.read_verified(state_file, manifest["state"])), weights_only=True
+        )
+        got = describe_file(sampler_file)[CHECKSUM]
+        if got != manifest["sampler"][CHECKSUM]:
+            raise snapshot.CheckpointCorruptError(
+                f"replay snapshot file {sampler_file} is damaged: its {CHECKSUM} is {got}, the "
+                f"manifest says {manifest['sampler'][CHECKSUM]}."
+            )
+        try:
+            if manifest["storage_initialized"]:
+                if not self.storage.initialized:
+                    self._init_storage()
+                fields = self._snapshot_fields()
+                for (start, end), chunk in zip(bounds, chunks):
+                    snapshot.read_chunk(root / chunk["file"], fields, start, end, chunk)
+            self.sampler.loads(sampler_file.parent)
+        except BaseException:
+            self._reset()
+            raise
         self._lane_next = state["lane_next"].clone()
         self._episode_open = state["episode_open"].clone()
         self._episode_id = state["episode_id"].clone()
@@ -819,7 +1184,26 @@ class RiseReplayBuffer:
         self._ready = state["ready"].clone()
         self._num_ready = int(state["num_ready"])
         self._generator.set_state(state["generator"])
+        same_chunks = manifest["chunk_records"] == self.chunk_records
+        if manifest["chunk_store"] is not None and same_chunks and manifest["storage_initialized"]:
+            self._chunk_store, self._chunk_refs = root, list(chunks)
+            self._dirty.fill_(False)
+        else:
+            self._chunk_store, self._chunk_refs = None, None
+            self._dirty.fill_(True)
         logger.info("Replay buffer restored from %s (%d sampleable).", path, len(self))
+
+    def _reset(self) -> None:
+        """Forget every record (after a failed load overwrote part of the storage)."""
+        self.sampler.mark_unready(torch.arange(self.capacity))
+        self._lane_next.zero_()
+        self._episode_open.zero_()
+        self._episode_id.fill_(-1)
+        self._episode_step.zero_()
+        self._ready.zero_()
+        self._num_ready = 0
+        self._dirty.fill_(True)
+        self._chunk_store, self._chunk_refs = None, None
 
     def close_open_episodes(self) -> None:
         """Treat every lane's current episode as over: the next write starts a new episode.
@@ -830,12 +1214,6 @@ class RiseReplayBuffer:
         nothing is spliced across the gap.
         """
         self._episode_open.zero_()
-
-    def cleanup(self) -> None:
-        """Delete the memmap files (only when the buffer made its own temporary directory)."""
-        if self._owns_scratch:
-            self.storage.cleanup()
-            shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
 
 def _tuple(key: NestedKey) -> tuple[str, ...]:

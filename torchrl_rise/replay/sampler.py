@@ -13,9 +13,12 @@ stores ``(p + eps) ** alpha``, which is positive for ``p = 0``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchrl.data import PrioritizedSampler
+
+from torchrl_rise._fileio import write_atomic
 
 __all__ = ["ReadinessSampler"]
 
@@ -70,31 +73,32 @@ class ReadinessSampler(PrioritizedSampler):
         """The sum-tree entries ``(p + eps) ** alpha`` at ``index`` (0 where not ready)."""
         return torch.as_tensor(self._sum_tree[index])
 
-    def dumps(self, path: str | Path) -> None:
-        """Save priorities and settings to ``path/"sampler.pt"``.
+    def dumps(self, path: str | Path) -> dict[str, Any]:
+        """Save priorities and settings to ``path/"sampler.pt"`` (atomically).
 
         Replaces TorchRL's version, which copies the trees one entry at a time from Python (seconds
         for 2^20 slots) and fails before any priority was set.
+
+        Returns:
+            The file's description, ``{"size": int, "crc32": str}``.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         every = torch.arange(self._max_capacity)
         value, where = self._max_priority
-        torch.save(
-            {
-                "alpha": self._alpha,
-                "beta": self._beta,
-                "eps": self._eps,
-                "max_capacity": self._max_capacity,
-                "max_priority": (
-                    None if value is None else float(value),
-                    None if where is None else int(where),
-                ),
-                "sum_tree": torch.as_tensor(self._sum_tree[every]),
-                "min_tree": torch.as_tensor(self._min_tree[every]),
-            },
-            path / "sampler.pt",
-        )
+        state = {
+            "alpha": self._alpha,
+            "beta": self._beta,
+            "eps": self._eps,
+            "max_capacity": self._max_capacity,
+            "max_priority": (
+                None if value is None else float(value),
+                None if where is None else int(where),
+            ),
+            "sum_tree": torch.as_tensor(self._sum_tree[every]),
+            "min_tree": torch.as_tensor(self._min_tree[every]),
+        }
+        return write_atomic(path / "sampler.pt", lambda f: torch.save(state, f))
 
     def loads(self, path: str | Path) -> None:
         """Restore what :meth:`dumps` saved."""

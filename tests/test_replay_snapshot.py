@@ -1,0 +1,385 @@
+"""RiseReplayBuffer crash safety: scratch-dir lock and reclaim, preallocation, verified and
+incremental snapshots (chunk store, prune)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_replay import assert_same, make_batch, make_rb
+
+from torchrl_rise.replay import (
+    CheckpointCorruptError,
+    InsufficientDiskSpaceError,
+    ScratchInUseError,
+    prune_chunk_store,
+)
+from torchrl_rise.replay import buffer as buffer_module
+from torchrl_rise.replay import snapshot as snapshot_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fill(rb, batches, *, seed=0, T=7, end_every=3):
+    """Write ``batches`` collector batches and update some priorities after each."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(batches):
+        rb.extend(make_batch(rb.num_envs, T, end_every=end_every, seed=seed * 100 + i))
+        if len(rb):
+            batch = rb.sample()
+            batch["td_error"] = torch.rand(batch.shape[0], generator=g) * (i + 1)
+            rb.update_tensordict_priority(batch)
+
+
+def assert_same_buffer(a, b):
+    """Every stored field, readiness, priorities, cursors and the next sample."""
+    assert a._fields.keys() == b._fields.keys()
+    for name in a._fields:
+        assert torch.equal(a._fields[name], b._fields[name]), name
+    for name in ("_ready", "_lane_next", "_episode_open", "_episode_id", "_episode_step"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a._next_episode_id == b._next_episode_id
+    assert len(a) == len(b)
+    every = torch.arange(a.capacity)
+    assert torch.equal(a.sampler.tree_values(every), b.sampler.tree_values(every))
+    assert torch.equal(a._generator.get_state(), b._generator.get_state())
+    if len(a):
+        assert_same(a.sample(), b.sample())
+
+
+def files_in(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir() if p.is_file()}
+
+
+def chunk_files(dump: Path) -> set[str]:
+    return {c["file"] for c in json.loads((dump / snapshot_module.MANIFEST).read_text())["chunks"]}
+
+
+# ---------------------------------------------------------------- scratch lock and reclaim
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from test_replay_snapshot import fill, make_rb
+    tmp = Path(sys.argv[1])
+    rb = make_rb(tmp, scratch_dir=tmp / "scratch")
+    fill(rb, 4)
+    rb.dumps(tmp / "ckpt")
+    fill(rb, 2, seed=1)  # more writes after the checkpoint, then a hard crash
+    print("ready", flush=True)
+    sys.stdin.readline()
+    os._exit(1)  # no close(), no atexit: the memmaps stay behind
+    """
+)
+
+
+def test_resume_after_a_hard_crash_reclaims_the_scratch_dir(tmp_path, caplog):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in child.stdout:  # torchrl logs to stdout too
+            if line.strip() == "ready":
+                break
+        else:
+            pytest.fail(f"the child process ended early (rc={child.wait()})")
+        # While the other process lives, its scratch_dir is refused, naming it and its pid.
+        with pytest.raises(ScratchInUseError, match=f"pid {child.pid}") as err:
+            make_rb(tmp_path, scratch_dir=tmp_path / "scratch")
+        assert str(tmp_path / "scratch") in str(err.value)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 1
+    finally:
+        child.kill()
+    assert (tmp_path / "scratch" / "frame.memmap").exists()  # left behind by the crash
+
+    with caplog.at_level(logging.WARNING, logger=buffer_module.__name__):
+        resumed = make_rb(tmp_path, scratch_dir=tmp_path / "scratch")
+    assert "reclaimed" in caplog.text and "frame.memmap" in caplog.text
+    assert not (tmp_path / "scratch" / "frame.memmap").exists()
+    resumed.loads(tmp_path / "ckpt")
+    reference = make_rb(tmp_path, scratch_dir=tmp_path / "reference")
+    fill(reference, 4)
+    assert_same_buffer(resumed, reference)
+    more = make_batch(2, 5, seed=7)
+    resumed.extend(more)
+    reference.extend(more)
+    assert_same_buffer(resumed, reference)
+
+
+def test_lock_is_held_until_close_and_close_deletes_the_memmaps(tmp_path):
+    scratch = tmp_path / "scratch"
+    with make_rb(tmp_path, scratch_dir=scratch) as rb:
+        rb.extend(make_batch(2, 6))
+        assert (scratch / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(ScratchInUseError, match="this process"):
+            make_rb(tmp_path, scratch_dir=scratch)
+    assert not list(scratch.glob("*.memmap"))
+    with pytest.raises(RuntimeError, match="closed"):
+        rb.extend(make_batch(2, 6))
+    rb.close()  # idempotent
+    again = make_rb(tmp_path, scratch_dir=scratch)  # the lock was released
+    again.cleanup()  # cleanup() closes too
+    make_rb(tmp_path, scratch_dir=scratch).close()
+
+
+def test_unusable_scratch_dir_fails_at_construction(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=r"scratch_dir .* cannot hold the replay memmaps"):
+        make_rb(tmp_path, scratch_dir=tmp_path / "a_file" / "storage")
+    with pytest.raises(ValueError, match="writable directory"):
+        make_rb(tmp_path, scratch_dir=tmp_path / "a_file")
+
+
+def test_full_disk_fails_at_the_first_write_not_with_sigbus(tmp_path, monkeypatch):
+    calls = []
+
+    def no_room(fd, offset, length):
+        calls.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(buffer_module.os, "posix_fallocate", no_room)
+    rb = make_rb(tmp_path)
+    with pytest.raises(InsufficientDiskSpaceError, match="No room to allocate") as err:
+        rb.extend(make_batch(2, 6))
+    assert err.value.errno == errno.ENOSPC and "scratch_dir" in str(err.value)
+    assert calls == [(rb.capacity + 1) * 9]  # the first field's whole file (frames 1x3x3)
+    monkeypatch.undo()
+    ok = make_rb(tmp_path, scratch_dir=tmp_path / "ok")
+    ok.extend(make_batch(2, 6))
+    for value in ok.storage._storage.values():  # every block allocated up front
+        st = os.stat(value.filename)
+        assert st.st_blocks * 512 >= st.st_size
+
+
+# ---------------------------------------------------------------- verified loads
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "pad"])
+@pytest.mark.parametrize("store", [False, True])
+def test_damaged_chunk_is_named_and_never_touched(tmp_path, damage, store):
+    rb = make_rb(tmp_path, chunk_records=16)
+    fill(rb, 4)
+    chunk_store = tmp_path / "store" if store else None
+    rb.dumps(tmp_path / "ckpt", chunk_store=chunk_store)
+    root = chunk_store or tmp_path / "ckpt" / "chunks"
+    victim = root / sorted(chunk_files(tmp_path / "ckpt"))[1]
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[:-9])
+    elif damage == "flip":
+        victim.write_bytes(data[:5] + bytes([data[5] ^ 1]) + data[6:])
+    elif damage == "pad":
+        victim.write_bytes(data + b"\0")
+    else:
+        victim.unlink()
+    before = victim.read_bytes() if victim.exists() else None
+    resumed = make_rb(tmp_path, scratch_dir=tmp_path / "s2", chunk_records=16)
+    resumed.extend(make_batch(2, 6))
+    with pytest.raises(CheckpointCorruptError, match=victim.name):
+        resumed.loads(tmp_path / "ckpt")
+    assert (victim.read_bytes() if victim.exists() else None) == before  # opened read-only
+    if damage == "flip":  # found while copying: the buffer's old contents are gone, it is emptied
+        assert len(resumed) == 0 and not resumed._lane_next.any()
+        resumed.extend(make_batch(2, 6))  # and still usable
+    else:  # sizes are checked before a byte is copied: the buffer is unchanged
+        assert len(resumed) == 2 * (6 - 2)
+        assert torch.equal(resumed._lane_next, torch.tensor([6, 6]))
+    assert len(resumed) == 2 * (6 - 2)
+
+
+def test_damaged_state_and_manifest_are_reported(tmp_path):
+    rb = make_rb(tmp_path)
+    fill(rb, 2)
+    rb.dumps(tmp_path / "ckpt")
+    manifest = json.loads((tmp_path / "ckpt" / snapshot_module.MANIFEST).read_text())
+    for part in ("state", "sampler"):
+        file = tmp_path / "ckpt" / manifest[part]["file"]
+        good = file.read_bytes()
+        file.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+        with pytest.raises(CheckpointCorruptError, match=file.name):
+            make_rb(tmp_path, scratch_dir=tmp_path / f"s-{part}").loads(tmp_path / "ckpt")
+        file.write_bytes(good)
+    (tmp_path / "ckpt" / snapshot_module.MANIFEST).write_text("{ not json")
+    with pytest.raises(CheckpointCorruptError, match="manifest"):
+        make_rb(tmp_path, scratch_dir=tmp_path / "s3").loads(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / snapshot_module.MANIFEST).unlink()
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        make_rb(tmp_path, scratch_dir=tmp_path / "s4").loads(tmp_path / "ckpt")
+
+
+def test_rejects_another_n_step(tmp_path):
+    rb = make_rb(tmp_path, n_step=2)
+    fill(rb, 2)
+    rb.dumps(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="n_step"):
+        make_rb(tmp_path, n_step=3, scratch_dir=tmp_path / "s2").loads(tmp_path / "ckpt")
+
+
+# ---------------------------------------------------------------- incremental snapshots
+
+
+def written_chunks(rb, old_next, chunk):
+    """Chunk ids of the slots each lane wrote since ``old_next`` (computed from cursors alone)."""
+    ids = set()
+    L = rb.lane_capacity
+    for e in range(rb.num_envs):
+        for step in range(int(old_next[e]), int(rb._lane_next[e])):
+            ids.add((e * L + step % L) // chunk)
+    return ids
+
+
+def test_incremental_dumps_are_exact(tmp_path):
+    chunk = 8
+    rb = make_rb(tmp_path, chunk_records=chunk)  # 2 lanes of 32 slots + the pad: 9 chunks
+    store = tmp_path / "store"
+    fill(rb, 3)  # 21 steps + 7 finals per lane: nearly full, not wrapped
+    moments = []
+
+    def dump(k):
+        stats = rb.dumps(tmp_path / f"inc{k}", chunk_store=store)
+        full = rb.dumps(tmp_path / f"full{k}")
+        moments.append(k)
+        return stats, full
+
+    stats, full = dump(1)
+    assert (
+        stats["files_reused"] == 0 and stats["files_written"] == 9 + 3
+    )  # + state, sampler, manifest
+    assert sum(f.stat().st_size for f in store.iterdir()) == rb.nbytes
+
+    old = rb._lane_next.clone()
+    fill(rb, 2, seed=1, T=5)  # the rings wrap past their seam
+    assert bool((rb._lane_next > rb.lane_capacity).all()) and bool((old <= rb.lane_capacity).all())
+    dirty = written_chunks(rb, old, chunk)
+    stats, full = dump(2)
+    assert stats["files_written"] == len(dirty) + 3
+    assert stats["files_reused"] == 9 - len(dirty) > 0
+    assert stats["bytes_written"] < full["bytes_written"]
+    fill(rb, 1, seed=2)  # more writes after the last dump must not leak into it
+
+    for k in moments:
+        inc = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / f"si{k}", seed=5)
+        inc.loads(tmp_path / f"inc{k}")
+        ful = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / f"sf{k}", seed=6)
+        ful.loads(tmp_path / f"full{k}")
+        assert_same_buffer(inc, ful)
+        inc.close()
+        ful.close()
+
+    # A buffer loaded from a store dump dumps incrementally into the same store.
+    resumed = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "resumed")
+    resumed.loads(tmp_path / "inc2")
+    old = resumed._lane_next.clone()
+    resumed.extend(make_batch(2, 2, seed=9))
+    dirty = written_chunks(resumed, old, chunk)
+    stats = resumed.dumps(tmp_path / "inc3", chunk_store=store)
+    assert stats["files_written"] == len(dirty) + 3 and stats["files_reused"] == 9 - len(dirty)
+    resumed.dumps(tmp_path / "full3")
+    a = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "a3")
+    a.loads(tmp_path / "inc3")
+    b = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "b3")
+    b.loads(tmp_path / "full3")
+    assert_same_buffer(a, b)
+    # A dump into another store, or a self-contained one, writes everything.
+    assert resumed.dumps(tmp_path / "other", chunk_store=tmp_path / "store2")["files_reused"] == 0
+
+
+def test_other_chunk_size_loads_and_next_dump_is_full(tmp_path):
+    rb = make_rb(tmp_path, chunk_records=8)
+    fill(rb, 3)
+    rb.dumps(tmp_path / "ckpt", chunk_store=tmp_path / "store")
+    other = make_rb(tmp_path, chunk_records=5, scratch_dir=tmp_path / "s2")
+    other.loads(tmp_path / "ckpt")
+    for name in rb._fields:
+        assert torch.equal(rb._fields[name], other._fields[name])
+    stats = other.dumps(tmp_path / "ckpt2", chunk_store=tmp_path / "store")
+    assert stats["files_reused"] == 0 and stats["files_written"] == 13 + 3  # ceil(65 / 5) chunks
+
+
+def test_prune_keeps_exactly_what_kept_dumps_reference(tmp_path):
+    rb = make_rb(tmp_path, chunk_records=8)
+    store = tmp_path / "store"
+    dumps = []
+    for k in range(3):
+        fill(rb, 2, seed=k)
+        rb.dumps(tmp_path / f"d{k}", chunk_store=store)
+        dumps.append(tmp_path / f"d{k}")
+    (store / ".chunk000001-x.bin.tmp-123").write_bytes(b"left by a crash")
+    (tmp_path / "incomplete").mkdir()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        prune_chunk_store(store, keep=[dumps[2], tmp_path / "incomplete"])
+    before = {p.name: p.stat().st_size for p in store.iterdir()}
+    freed = prune_chunk_store(store, keep=[dumps[0], dumps[2]])
+    assert files_in(store) == chunk_files(dumps[0]) | chunk_files(dumps[2])
+    assert freed == sum(size for name, size in before.items() if name not in files_in(store))
+    assert freed > 0
+    for k in (0, 2):
+        make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / f"s{k}").loads(dumps[k])
+    assert chunk_files(dumps[1]) - files_in(store)  # d1's own chunks went
+    with pytest.raises(CheckpointCorruptError, match="missing"):
+        make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "s1").loads(dumps[1])
+    assert prune_chunk_store(store, keep=[dumps[0], dumps[2]]) == 0
+    assert prune_chunk_store(tmp_path / "no_store", keep=[]) == 0
+
+
+def test_crash_during_a_dump_leaves_the_previous_dump_loadable(tmp_path, monkeypatch):
+    rb = make_rb(tmp_path, chunk_records=8)
+    store, ckpt = tmp_path / "store", tmp_path / "ckpt"
+    fill(rb, 3)
+    rb.dumps(ckpt, chunk_store=store)
+    rb.dumps(tmp_path / "full_before")
+    fill(rb, 2, seed=1)
+
+    def crash(path, manifest):
+        raise OSError(errno.EIO, "simulated crash before the manifest")
+
+    monkeypatch.setattr(snapshot_module, "write_manifest", crash)
+    with pytest.raises(OSError, match="simulated"):
+        rb.dumps(ckpt, chunk_store=store)  # the same directory: replaced only when complete
+    monkeypatch.undo()
+    a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "a")
+    a.loads(ckpt)
+    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
+    b.loads(tmp_path / "full_before")
+    assert_same_buffer(a, b)
+    assert prune_chunk_store(store, keep=[ckpt]) > 0  # the crashed dump's chunks
+    # The failed dump did not reset the bookkeeping: the next dump holds everything written.
+    rb.dumps(ckpt, chunk_store=store)
+    rb.dumps(tmp_path / "full_after")
+    assert prune_chunk_store(store, keep=[ckpt]) > 0  # the first dump's replaced chunks
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("state-")) == [
+        json.loads((ckpt / snapshot_module.MANIFEST).read_text())["state"]["file"]
+    ]
+    c = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "c")
+    c.loads(ckpt)
+    d = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "d")
+    d.loads(tmp_path / "full_after")
+    assert_same_buffer(c, d)
+
+
+def test_sizes_for_disk_budgets(tmp_path):
+    rb = make_rb(tmp_path, chunk_records=8)
+    fill(rb, 2)
+    assert rb.nbytes == (rb.capacity + 1) * rb.nbytes_per_transition
+    assert rb.nbytes == sum(v.numel() * v.element_size() for v in rb._fields.values())
+    assert rb.chunk_nbytes == 8 * rb.nbytes_per_transition
+    stats = rb.dumps(tmp_path / "ckpt")
+    chunks = sum(p.stat().st_size for p in (tmp_path / "ckpt" / "chunks").iterdir())
+    assert chunks == rb.nbytes
+    assert stats["bytes_written"] - chunks < rb.state_nbytes
