@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
+from torchrl_rise.training.builders import build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -175,18 +176,28 @@ def test_miniworld_recipe_end_to_end(tmp_path):
 # ------------------------------------------------------------------------------ resume
 
 
-def _replay_snapshot(replay):
-    index = replay.sampleable_index()
-    batch = replay.gather(index)
-    return index, batch
+def _replay_snapshot(cfg, run: Path, scratch: Path):
+    """Sampleable slots and their transitions in the replay of ``run``'s latest checkpoint.
+
+    (The trainer closes its buffer when the run ends; a fresh one loads the checkpoint.)
+    """
+    comps = build_components(load_config(cfg), scratch_dir=scratch)
+    try:
+        comps.replay.loads(load_checkpoint(run)["replay_dir"])
+        index = comps.replay.sampleable_index()
+        batch = comps.replay.gather(index)
+        return index, batch.clone(), comps.replay.sampler.tree_values(index).clone()
+    finally:
+        comps.replay.close()
 
 
 @pytest.mark.atari
 def test_resume_continues_counters_and_buffer(tmp_path):
-    first = Trainer(make_cfg("atari", tmp_path, "total_frames=1024"))
+    cfg = make_cfg("atari", tmp_path, "total_frames=1024")
+    first = Trainer(cfg)
     first.run()
     run = first.run_dir
-    index, batch = _replay_snapshot(first.components.replay)
+    index, batch, _ = _replay_snapshot(cfg, run, tmp_path / "s1")
     assert index.numel() > 0
 
     # Resuming at the same budget restores everything and trains no further.
@@ -195,7 +206,7 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     assert same.run_dir == run
     for key in ("frames", "env_steps", "updates", "episodes", "iterations"):
         assert same.counters[key] == first.counters[key], key
-    index2, batch2 = _replay_snapshot(same.components.replay)
+    index2, batch2, _ = _replay_snapshot(cfg, run, tmp_path / "s2")
     torch.testing.assert_close(index2, index)
     for key in ("pixels", "action", ("next", "reward"), ("next", "pixels"), "rise_context"):
         torch.testing.assert_close(batch2.get(key), batch.get(key), msg=str(key))

@@ -67,8 +67,9 @@ PREFIX = "frames_"
 CRASH_PREFIX = "crash_frames_"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
-# Test hook (tests/test_fault_injection.py): seconds to sleep inside a save, after state.pt is
-# written to the temporary folder, so that a test can kill the process mid-save.
+# Test hook (tests/test_fault_injection.py): seconds to sleep inside a save, after state.pt and
+# the replay dump are written to the temporary folder (before its manifest and rename), so that a
+# test can kill the process mid-save.
 SAVE_DELAY_ENV = "TORCHRL_RISE_TEST_SAVE_DELAY_S"
 
 
@@ -214,11 +215,11 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
         write_atomic(tmp / STATE_FILE, lambda f: torch.save(state, f))
+        if save_replay is not None:
+            save_replay(tmp / REPLAY_DIR)
         delay = float(os.environ.get(SAVE_DELAY_ENV) or 0)
         if delay > 0:
             time.sleep(delay)
-        if save_replay is not None:
-            save_replay(tmp / REPLAY_DIR)
         _write_manifest(tmp)
         fsync_dir(tmp)
         if final.exists():  # same frame count saved twice (e.g. signal right after a periodic save)
