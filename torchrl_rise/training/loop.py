@@ -662,7 +662,11 @@ class Trainer:
                     error = err
                 summary, error = self._finish(comps, collector, error, resolved)
         finally:
-            keep_dir = _collected_anything(self) or bool(list_checkpoints(self.run_dir))
+            keep_dir = (
+                summary is not None
+                or _collected_anything(self)
+                or bool(list_checkpoints(self.run_dir))
+            )
             logger.info("run %s (%s): %s", self.status, self.reason or "done", self.run_dir)
             if handler is not None:
                 logging.getLogger("torchrl_rise").removeHandler(handler)
