@@ -278,3 +278,27 @@ def test_second_signal_inside_a_checkpoint_write_does_not_break_it(tmp_path):
     assert 0 < ckpt["state"]["counters"]["frames"] < 10_000_000
     assert not _temp_folders(run)
     assert "second signal" in (run / "train.log").read_text()
+
+
+def test_third_signal_exits_at_once_and_the_next_start_reclaims(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.run(
+        _cmd(run, 256), cwd=tmp_path, env=_env(), capture_output=True, timeout=120
+    )
+    assert first.returncode == 0, first.stdout[-3000:]
+    before = list_checkpoints(run)
+    proc = _start(
+        run, 10_000_000, "eval.interval_frames=10_000_000", "resume=true", **{SAVE_DELAY_ENV: "60"}
+    )
+    _wait_for(proc, lambda: bool(_temp_folders(run)), "a checkpoint write")
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT  # exited at once, inside the write
+    assert list_checkpoints(run) == before and _temp_folders(run)  # nothing promoted
+    done = subprocess.run(
+        _cmd(run, 512, "resume=true"), cwd=tmp_path, env=_env(), capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert not _temp_folders(run) and "reclaimed what a dead run" in (run / "train.log").read_text()

@@ -629,9 +629,12 @@ class Trainer:
         """Train until ``total_frames`` (or a stop request); return the summary dict.
 
         Raises:
-            ConfigError: a bad configuration, a refused resume or a run directory in use
-                (:class:`~torchrl_rise.training.checkpoint.RunInUseError`).
-            CollectorExhaustedError, DiskFullError, ...: after ``summary.json`` says ``failed``.
+            ConfigError: a bad configuration or a refused resume (nothing trained).
+            RunInUseError: another live process holds the run directory's lock.
+            CheckpointCorruptError: the checkpoint to resume from is damaged (an explicit path,
+                or every checkpoint of the run for ``resume=true``).
+            CollectorExhaustedError, DiskFullError, NonFiniteStateError, ...: any error of the
+                run itself, re-raised after ``summary.json`` says ``failed``.
         """
         cfg = self.cfg
         self._num_threads = num_threads = default_num_threads(cfg)
