@@ -338,6 +338,7 @@ def test_replay_that_does_not_fit_on_disk(tmp_path):
                 "atari", tmp_path, "replay.capacity=68_719_476_736", "total_frames=300_000_000"
             )
         )
+    assert not (tmp_path / "atari").exists()  # the failed start removed the run dir it made
 
 
 # ------------------------------------------------------------------------------ issue 10: survival

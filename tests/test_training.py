@@ -402,9 +402,16 @@ def test_remove_stale_temp_removes_half_written_saves(tmp_path):
     save_checkpoint(tmp_path, {"a": 1}, step=1)
     (tmp_path / ".tmp-frames_000000000002-999").mkdir()
     (tmp_path / ".latest.tmp-999").write_text("x")
+    # a save replacing frames_..03 died after moving the old one aside: it is put back
+    old = save_checkpoint(tmp_path, {"a": 3}, step=3)
+    old.rename(tmp_path / ".tmp-replaced-frames_000000000003-999")
     removed = sorted(p.name for p in remove_stale_temp(tmp_path))
     assert removed == [".latest.tmp-999", ".tmp-frames_000000000002-999"]
     assert (tmp_path / "frames_000000000001").exists()
+    assert load_checkpoint(old)["state"] == {"a": 3}
+    # saving the same frame count twice replaces the checkpoint and leaves nothing aside
+    save_checkpoint(tmp_path, {"a": 4}, step=3)
+    assert load_checkpoint(old)["state"] == {"a": 4} and not list(tmp_path.glob(".tmp*"))
 
 
 def test_run_lock_names_the_live_holder_and_is_free_after_kill_9(tmp_path):

@@ -66,6 +66,7 @@ LATEST = "latest"
 PREFIX = "frames_"
 CRASH_PREFIX = "crash_frames_"
 TMP_PREFIX = ".tmp-"
+REPLACED_PREFIX = ".tmp-replaced-"
 LOCK_FILE = ".lock"
 # Test hook (tests/test_fault_injection.py): seconds to sleep inside a save, after state.pt and
 # the replay dump are written to the temporary folder (before its manifest and rename), so that a
@@ -222,13 +223,19 @@ def save_checkpoint(
             time.sleep(delay)
         _write_manifest(tmp)
         fsync_dir(tmp)
-        if final.exists():  # same frame count saved twice (e.g. signal right after a periodic save)
-            shutil.rmtree(final)
+        replaced = None
+        if final.exists():  # same frame count saved twice (e.g. a resume at the same budget)
+            # Moved aside, not deleted, until the new one is in place: a crash in between
+            # leaves it to remove_stale_temp, which puts it back.
+            replaced = directory / f"{REPLACED_PREFIX}{name}-{os.getpid()}"
+            os.replace(final, replaced)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(directory)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     if crash:
         logger.warning("crash checkpoint saved to %s (resume from it only by its path)", final)
         return final
@@ -256,6 +263,11 @@ def remove_stale_temp(directory: str | Path) -> list[Path]:
     removed = []
     if not directory.is_dir():
         return removed
+    for p in sorted(directory.glob(f"{REPLACED_PREFIX}*")):
+        original = directory / p.name[len(REPLACED_PREFIX) :].rsplit("-", 1)[0]
+        if p.is_dir() and not original.exists():  # died between moving it aside and the rename
+            os.replace(p, original)
+            logger.warning("restored checkpoint %s (a save replacing it died half way)", original)
     for p in sorted(directory.iterdir()):
         if p.name.startswith((TMP_PREFIX, f".{LATEST}.tmp")) or (
             p.name.startswith(".") and ".tmp-" in p.name
