@@ -280,6 +280,7 @@ def test_second_signal_inside_a_checkpoint_write_does_not_break_it(tmp_path):
     assert "second signal" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_third_signal_exits_at_once_and_the_next_start_reclaims(tmp_path):
     run = tmp_path / "run"
     first = subprocess.run(

@@ -433,7 +433,13 @@ class Trainer:
             from torchrl_rise.replay import prune_chunk_store
         except ImportError:
             return
-        freed = prune_chunk_store(store, keep=[k / "replay" for k in kept])
+        dumps = [k / "replay" for k in kept if (k / "replay").is_dir()]
+        try:
+            freed = prune_chunk_store(store, keep=dumps)
+        except (OSError, ValueError, CheckpointCorruptError) as err:
+            # e.g. a damaged snapshot manifest: keep every chunk rather than guess
+            logger.warning("replay chunk store %s not pruned: %s", store, err)
+            return
         if freed:
             logger.info("replay chunk store: freed %.1f MiB", freed / 2**20)
 
