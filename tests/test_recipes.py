@@ -547,6 +547,42 @@ def test_a_collector_that_stops_early_fails_the_run(tmp_path, monkeypatch, n, me
     assert summary["frames"] == 4 * n
 
 
+class _DyingCollector(_ShortCollector):
+    """Yields ``n`` batches, then a stop request arrives and the workers die (SIGTERM to all)."""
+
+    def __init__(self, inner, n, trainer):
+        super().__init__(inner, n)
+        self.trainer = trainer
+
+    def __iter__(self):
+        yield from super().__iter__()
+        if self.trainer is not None:
+            self.trainer.request_stop("SIGTERM")
+        raise RuntimeError("a collector worker died")
+
+
+@needs_memory
+def test_a_collector_failing_after_a_stop_request_ends_the_run_as_interrupted(
+    tmp_path, monkeypatch
+):
+    from torchrl_rise.training import loop
+
+    real = loop.build_collector
+    trainer = Trainer(_short(tmp_path, tmp_path / "run"))
+    monkeypatch.setattr(
+        loop, "build_collector", lambda *a, **k: _DyingCollector(real(*a, **k), 3, trainer)
+    )
+    summary = trainer.run()
+    assert summary["status"] == "interrupted" and summary["frames"] == 12
+    assert load_checkpoint(trainer.run_dir)["state"]["counters"]["frames"] == 12
+    assert not list((trainer.run_dir / "checkpoints").glob("crash_frames_*"))
+    with pytest.raises(RuntimeError, match="worker died"):  # without a stop request: an error
+        monkeypatch.setattr(
+            loop, "build_collector", lambda *a, **k: _DyingCollector(real(*a, **k), 3, None)
+        )
+        train(_short(tmp_path, tmp_path / "run2"))
+
+
 @needs_memory
 def test_stop_request_abandons_a_running_evaluation(tmp_path, monkeypatch):
     from torchrl_rise.training import loop

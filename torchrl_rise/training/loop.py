@@ -830,6 +830,32 @@ class Trainer:
             "crash checkpoint %s written; resume=true ignores it, resume=%s uses it", path, path
         )
 
+    def _batches(self, collector) -> Iterator[Any]:
+        """The collector's batches; an error after a stop request ends them instead of the run.
+
+        A scheduler's SIGTERM often reaches the collector's worker processes too, which then die
+        while this process is still finishing its step: the collector fails at the next batch,
+        at a step boundary, and the stop goes on as requested (checkpoint, ``interrupted``).
+        """
+        batches = iter(collector)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:
+                if not self.stopping:
+                    raise
+                logger.warning(
+                    "the collector failed after the stop request (%s: %s), e.g. its workers got "
+                    "the signal too; stopping here",
+                    type(err).__name__,
+                    err,
+                )
+                self._collector_failed = True
+                return
+            yield batch
+
     def _loop(self, comps: Components, collector, frame_skip: int) -> None:
         cfg = self.cfg
         c = self.counters
@@ -845,7 +871,7 @@ class Trainer:
                 return
             if c["frames"] >= c["next_eval"] and c["frames"] and not self.stopping:
                 self._evaluate(comps)  # abandoned by the stop request that saved this checkpoint
-            for batch in collector:
+            for batch in self._batches(collector):
                 if batch.ndim == 3:  # Ray: [workers, envs per worker, T]
                     batch = batch.reshape(-1, batch.shape[-1])
                 steps = batch.numel()
@@ -903,6 +929,8 @@ class Trainer:
                 if done or self.stopping:
                     break
             else:
+                if getattr(self, "_collector_failed", False):
+                    return
                 got = c["iterations"] - self._iterations_at_start
                 raise CollectorExhaustedError(
                     f"the collector stopped after {got} batches, at {c['frames']} of "
