@@ -9,7 +9,7 @@ other down), and rewrites only its own section of docs/benchmarks.md, stamped wi
 machine. RISE vs BTR vs the recurrent baseline appear as ratios measured in the same run:
 "learner" (time per gradient update, sampling excluded and included), "training" (collection +
 learning per vector step, per recipe), "encoders" (frozen-encoder throughput and the collector slowdown
-of RiseContextTransform), "replay" (footprint and sampling) and "envs" (steps/s per suite).
+of RiseContextTransform), "replay" (footprint and sampling), "checkpoint" (replay dumps and loads) and "envs" (steps/s per suite).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "learner": ["bench_learner.py", "--repeats", "3"],
     "replay": ["bench_replay.py"],
+    "checkpoint": ["bench_checkpoint.py"],
     "encoders": ["bench_encoders.py"],
     "training": ["bench_training.py", "--collect", "5", "--learn", "5"],
     "envs": ["bench_envs.py"],

@@ -64,7 +64,7 @@ def assert_same(a: TensorDict, b: TensorDict) -> None:
 # ---------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("mode", ["self_contained", "chunk_store", "moved"])
+@pytest.mark.parametrize("mode", ["self_contained", "chunk_store", "moved", "dump_moved"])
 def test_resume_samples_exactly_the_same(tmp_path, mode):
     rb = make_rb(tmp_path, alpha=0.6)
     for i in range(5):  # 5 x 12 steps + finals > 32 slots per lane: the rings wrap
@@ -78,6 +78,9 @@ def test_resume_samples_exactly_the_same(tmp_path, mode):
     if mode == "moved":  # the run directory moves as a whole: the store is found relative to it
         shutil.move(tmp_path / "run", tmp_path / "moved")
         ckpt = tmp_path / "moved" / "ckpt"
+    if mode == "dump_moved":  # the dump alone moves: the store is found where it was
+        shutil.move(tmp_path / "run" / "ckpt", tmp_path / "elsewhere" / "deeper" / "ckpt")
+        ckpt = tmp_path / "elsewhere" / "deeper" / "ckpt"
     resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=tmp_path / "s2", seed=99)  # seed restored
     resumed.loads(ckpt)
     assert len(resumed) == len(rb)
@@ -137,6 +140,11 @@ def test_resume_rejects_a_different_layout(tmp_path):
 def test_dumps_before_any_data(tmp_path):
     rb = make_rb(tmp_path)
     rb.dumps(tmp_path / "ckpt")
+    empty = rb.dumps(tmp_path / "empty", chunk_store=tmp_path / "store")
+    assert empty["files_written"] == 3 and empty["files_reused"] == 0  # state, sampler, manifest
+    rb.extend(make_batch(2, 6))
+    full = rb.dumps(tmp_path / "first", chunk_store=tmp_path / "store")
+    assert full["files_reused"] == 0 and full["files_written"] == 3 + len(rb._chunk_bounds)
     resumed = make_rb(tmp_path, scratch_dir=tmp_path / "s2")
     resumed.loads(tmp_path / "ckpt")
     assert len(resumed) == 0

@@ -205,6 +205,7 @@ def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict]) -> None:
         st.tuples(st.integers(1, 7), st.sampled_from([False, False, True])), min_size=1, max_size=8
     ),
     prioritized=st.booleans(),
+    chunk_records=st.integers(3, 24),
 )
 def test_matches_bruteforce_reference(
     tmp_path_factory,
@@ -217,28 +218,40 @@ def test_matches_bruteforce_reference(
     p_end,
     chunks,
     prioritized,
+    chunk_records,
 ):
     rng = random.Random(seed)
     gamma = 0.9
     lane = n_step + frame_stack + 1 + extra_lane
     sim = Simulator(num_envs, frame_stack, rng, p_end)
-    rb = RiseReplayBuffer(
-        lane * num_envs,
-        num_envs,
-        frame_shape=(1, 1, 2),
-        frame_stack=frame_stack,
-        embedding_dim=D,
-        context_length=context_length,
-        n_step=n_step,
-        gamma=gamma,
-        prioritized=prioritized,
-        batch_size=16,
-        scratch_dir=tmp_path_factory.mktemp("rb"),
-        seed=seed,
-    )
-    for T, cut in chunks:
+    run = tmp_path_factory.mktemp("run")
+
+    def build(k: int) -> RiseReplayBuffer:
+        return RiseReplayBuffer(
+            lane * num_envs,
+            num_envs,
+            frame_shape=(1, 1, 2),
+            frame_stack=frame_stack,
+            embedding_dim=D,
+            context_length=context_length,
+            n_step=n_step,
+            gamma=gamma,
+            prioritized=prioritized,
+            batch_size=16,
+            scratch_dir=run / f"scratch{k}",
+            seed=seed + k,
+            chunk_records=chunk_records,
+        )
+
+    rb = build(0)
+    for k, (T, cut) in enumerate(chunks, 1):
         T = min(T, lane // 2)  # one write never exceeds a lane (steps + final observations)
-        if cut:  # envs restart without the buffer seeing their episodes end
+        if cut:  # a resume: incremental dump, load into a new buffer, the envs restart
+            rb.dumps(run / f"ckpt{k}", chunk_store=run / "chunks")
+            rb.close()
+            rb = build(k)
+            rb.loads(run / f"ckpt{k}")
+            check_against_reference(rb, reference(sim, lane, n_step, context_length, gamma))
             rb.close_open_episodes()
             sim.cut()
         rb.extend(sim.step(T))

@@ -138,6 +138,23 @@ def test_lock_is_held_until_close_and_close_deletes_the_memmaps(tmp_path):
     make_rb(tmp_path, scratch_dir=scratch).close()
 
 
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    rb = make_rb(tmp_path, scratch_dir=tmp_path / "scratch")
+    fd = rb._lock_fd
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the lock descriptor is closed
+        try:
+            os.fstat(fd)
+            os._exit(1)
+        except OSError:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(ScratchInUseError):  # the parent still holds it
+        make_rb(tmp_path, scratch_dir=tmp_path / "scratch")
+    rb.close()
+
+
 def test_unusable_scratch_dir_fails_at_construction(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match=r"scratch_dir .* cannot hold the replay memmaps"):
@@ -159,6 +176,9 @@ def test_full_disk_fails_at_the_first_write_not_with_sigbus(tmp_path, monkeypatc
         rb.extend(make_batch(2, 6))
     assert err.value.errno == errno.ENOSPC and "scratch_dir" in str(err.value)
     assert calls == [(rb.capacity + 1) * 9]  # the first field's whole file (frames 1x3x3)
+    assert not list((tmp_path / "storage").glob("*.memmap"))  # freed again
+    with pytest.raises(RuntimeError, match="closed"):  # a sparse storage is never written
+        rb.extend(make_batch(2, 6))
     monkeypatch.undo()
     ok = make_rb(tmp_path, scratch_dir=tmp_path / "ok")
     ok.extend(make_batch(2, 6))
@@ -300,6 +320,22 @@ def test_incremental_dumps_are_exact(tmp_path):
     assert resumed.dumps(tmp_path / "other", chunk_store=tmp_path / "store2")["files_reused"] == 0
 
 
+def test_a_chunk_gone_from_the_store_is_written_again(tmp_path, caplog):
+    rb = make_rb(tmp_path, chunk_records=8)
+    fill(rb, 3)
+    store = tmp_path / "store"
+    rb.dumps(tmp_path / "d1", chunk_store=store)
+    gone = sorted(chunk_files(tmp_path / "d1"))[2]
+    (store / gone).unlink()
+    with caplog.at_level(logging.WARNING, logger=buffer_module.__name__):
+        stats = rb.dumps(tmp_path / "d2", chunk_store=store)
+    assert gone in caplog.text and "again" in caplog.text
+    assert stats["files_written"] == 1 + 3 and stats["files_reused"] == 9 - 1
+    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
+    b.loads(tmp_path / "d2")
+    assert_same_buffer(rb, b)
+
+
 def test_other_chunk_size_loads_and_next_dump_is_full(tmp_path):
     rb = make_rb(tmp_path, chunk_records=8)
     fill(rb, 3)
@@ -322,7 +358,7 @@ def test_prune_keeps_exactly_what_kept_dumps_reference(tmp_path):
         dumps.append(tmp_path / f"d{k}")
     (store / ".chunk000001-x.bin.tmp-123").write_bytes(b"left by a crash")
     (tmp_path / "incomplete").mkdir()
-    with pytest.raises(FileNotFoundError, match="incomplete"):
+    with pytest.raises(FileNotFoundError, match="nothing was deleted"):
         prune_chunk_store(store, keep=[dumps[2], tmp_path / "incomplete"])
     before = {p.name: p.stat().st_size for p in store.iterdir()}
     freed = prune_chunk_store(store, keep=[dumps[0], dumps[2]])

@@ -26,11 +26,13 @@ so (the learner sees a shorter context, as at the start of an episode).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -45,7 +47,7 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyMemmapStorage
 
 from torchrl_rise import keys
-from torchrl_rise._fileio import CHECKSUM, describe_file, is_disk_full, write_atomic
+from torchrl_rise._fileio import is_disk_full, write_atomic
 from torchrl_rise.replay import snapshot
 from torchrl_rise.replay.sampler import ReadinessSampler
 
@@ -70,6 +72,27 @@ _FIELD_NAMES = (
     "episode_step",
 )
 _STORAGE_META = "meta.json"
+
+
+# Descriptors of the scratch locks this process holds. A forked child (e.g. a collector worker)
+# closes its copies, so a lingering child never keeps a dead trainer's scratch_dir locked: the
+# flock stays with the parent's descriptor.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_lock(fd: int) -> None:
+    _HELD_LOCKS.discard(fd)
+    os.close(fd)
+
+
+def _drop_locks_in_child() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 class InsufficientDiskSpaceError(OSError):
@@ -343,14 +366,12 @@ class RiseReplayBuffer:
     # ------------------------------------------------------------------ sizes and settings
     @property
     def nbytes_per_transition(self) -> int:
-        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is."""
-        c, h, w = self.frame_shape
-        n = c * h * w  # frame, uint8
-        if self.use_embeddings:
-            n += self.embedding_dim * torch.empty((), dtype=self.embedding_dtype).element_size()
-        n += 8 + 4 + 3  # action int64, reward float32, terminated/truncated/final bool
-        n += 3 * 8  # episode id, lane step, episode step (int64)
-        return n
+        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is:
+        frame, embedding, action, reward, three flags, episode id, lane step, episode step."""
+        return sum(
+            math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            for dtype, shape in self._field_specs().values()
+        )
 
     def _field_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """dtype and per-record shape of every stored field, in snapshot order."""
@@ -464,7 +485,8 @@ class RiseReplayBuffer:
                 "to a writable directory."
             ) from err
         self._lock_fd = fd
-        self._lock_release = weakref.finalize(self, os.close, fd)
+        _HELD_LOCKS.add(fd)
+        self._lock_release = weakref.finalize(self, _close_lock, fd)
         try:
             self._reclaim()
         except BaseException:
@@ -741,7 +763,11 @@ class RiseReplayBuffer:
         self.storage.set(torch.tensor([self._zero]), pad)
         self.storage._len = self.capacity
         self._bind_fields()
-        self._preallocate()
+        try:
+            self._preallocate()
+        except InsufficientDiskSpaceError:
+            self.close()  # frees what was allocated; a sparse storage must not be written
+            raise
         self._dirty.fill_(True)
 
     def _preallocate(self) -> None:
@@ -760,7 +786,8 @@ class RiseReplayBuffer:
                         f"No room to allocate the replay memmaps in {str(self.scratch_dir)!r}: "
                         f"the {name!r} field needs {size / 2**30:.2f} GiB of the buffer's "
                         f"{self.nbytes / 2**30:.2f} GiB. Free disk space, point scratch_dir to a "
-                        "disk with more room or lower capacity.",
+                        "disk with more room or lower capacity (this buffer is closed: build a new "
+                        "one).",
                     ) from err
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     logger.warning(
@@ -1024,7 +1051,7 @@ class RiseReplayBuffer:
         self._check_open()
         path = Path(path).absolute()
         path.mkdir(parents=True, exist_ok=True)
-        token = snapshot.new_name("d", "")[2:14]
+        token = snapshot.new_token()
         stats = {"bytes_written": 0, "bytes_reused": 0, "files_written": 0, "files_reused": 0}
 
         def wrote(desc: dict[str, Any]) -> dict[str, Any]:
@@ -1039,6 +1066,8 @@ class RiseReplayBuffer:
             root.mkdir(parents=True, exist_ok=True)
             fields = self._snapshot_fields()
             refs = self._chunk_refs if store is not None and store == self._chunk_store else None
+            if refs is not None and len(refs) != len(self._chunk_bounds):
+                refs = None  # the previous dump held no storage
             for i, (start, end) in enumerate(self._chunk_bounds):
                 ref = None if refs is None or bool(self._dirty[i]) else refs[i]
                 if ref is not None:
@@ -1071,6 +1100,7 @@ class RiseReplayBuffer:
             "chunk_records": self.chunk_records,
             "storage_initialized": bool(self.storage.initialized),
             "chunk_store": None if store is None else snapshot.relative_store(store, path),
+            "chunk_store_absolute": None if store is None else str(store),
             "chunks": chunks,
             "state": {"file": state_name, **state},
             "sampler": {"file": sampler_name, **sampler},
@@ -1111,7 +1141,8 @@ class RiseReplayBuffer:
             FileNotFoundError: ``path`` holds no complete dump.
             ValueError: the dump was written by a buffer with another layout.
             CheckpointCorruptError: a file is missing, truncated or damaged (the message names
-                it). The buffer is then left empty.
+                it). Missing files and wrong sizes are found before anything changes; damage
+                found while the chunks are copied leaves the buffer empty.
         """
         self._check_open()
         path = Path(path).absolute()
@@ -1159,12 +1190,7 @@ class RiseReplayBuffer:
         state = torch.load(
             io.BytesIO(snapshot.read_verified(state_file, manifest["state"])), weights_only=True
         )
-        got = describe_file(sampler_file)[CHECKSUM]
-        if got != manifest["sampler"][CHECKSUM]:
-            raise snapshot.CheckpointCorruptError(
-                f"replay snapshot file {sampler_file} is damaged: its {CHECKSUM} is {got}, the "
-                f"manifest says {manifest['sampler'][CHECKSUM]}."
-            )
+        sampler_data = snapshot.read_verified(sampler_file, manifest["sampler"])
         try:
             if manifest["storage_initialized"]:
                 if not self.storage.initialized:
@@ -1172,7 +1198,7 @@ class RiseReplayBuffer:
                 fields = self._snapshot_fields()
                 for (start, end), chunk in zip(bounds, chunks):
                     snapshot.read_chunk(root / chunk["file"], fields, start, end, chunk)
-            self.sampler.loads(sampler_file.parent)
+            self.sampler.loads(sampler_file.parent, data=sampler_data)
         except BaseException:
             self._reset()
             raise

@@ -12,6 +12,7 @@ stores ``(p + eps) ** alpha``, which is positive for ``p = 0``.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,18 @@ class ReadinessSampler(PrioritizedSampler):
         }
         return write_atomic(path / "sampler.pt", lambda f: torch.save(state, f))
 
-    def loads(self, path: str | Path) -> None:
-        """Restore what :meth:`dumps` saved."""
-        state = torch.load(Path(path) / "sampler.pt", weights_only=True)
+    def loads(self, path: str | Path, *, data: bytes | None = None) -> None:
+        """Restore what :meth:`dumps` saved.
+
+        Args:
+            path: the directory :meth:`dumps` wrote.
+
+        Keyword Args:
+            data: the bytes of ``path/"sampler.pt"``, if the caller has already read (and
+                verified) them; the file is then not read again.
+        """
+        source = Path(path) / "sampler.pt" if data is None else io.BytesIO(data)
+        state = torch.load(source, weights_only=True)
         if state["max_capacity"] != self._max_capacity:
             raise ValueError(
                 f"The saved sampler has {state['max_capacity']} slots, this one "

@@ -42,6 +42,18 @@ VERSION = 2
 # at both ends of what they wrote) at the cost of more files per dump.
 DEFAULT_CHUNK_RECORDS = 1024
 CHUNK_DIR = "chunks"
+_REQUIRED = {
+    "version",
+    "config",
+    "fields",
+    "num_records",
+    "chunk_records",
+    "storage_initialized",
+    "chunk_store",
+    "chunks",
+    "state",
+    "sampler",
+}
 
 
 def chunk_bounds(num_records: int, chunk_records: int) -> list[tuple[int, int]]:
@@ -52,6 +64,11 @@ def chunk_bounds(num_records: int, chunk_records: int) -> list[tuple[int, int]]:
 def new_name(prefix: str, suffix: str) -> str:
     """A file name no other dump uses."""
     return f"{prefix}-{uuid.uuid4().hex}{suffix}"
+
+
+def new_token() -> str:
+    """A short unique id for the files of one dump."""
+    return uuid.uuid4().hex[:12]
 
 
 def _byte_view(t: torch.Tensor) -> memoryview:
@@ -159,6 +176,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(f"replay snapshot manifest {file} is damaged: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointCorruptError(f"{file} is not a replay snapshot manifest.")
+    missing = _REQUIRED - manifest.keys()
+    if missing:
+        raise CheckpointCorruptError(
+            f"replay snapshot manifest {file} is damaged: it lacks {sorted(missing)}."
+        )
     if manifest.get("version") != VERSION:
         raise ValueError(
             f"Unsupported replay snapshot version {manifest.get('version')!r} in {file} (this "
@@ -168,9 +190,25 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def chunk_root(path: Path, manifest: Mapping[str, Any]) -> Path:
-    """Where the chunk files of the dump at ``path`` live."""
+    """Where the chunk files of the dump at ``path`` live.
+
+    A store is looked for relative to the dump first (the run directory may have moved as a
+    whole; the dump may have been renamed within its parent), then at its absolute path at dump
+    time."""
     store = manifest.get("chunk_store")
-    return path / CHUNK_DIR if store is None else (path / store).resolve()
+    if store is None:
+        return path / CHUNK_DIR
+    relative = (path / store).resolve()
+    absolute = manifest.get("chunk_store_absolute")
+    first = manifest["chunks"][0]["file"] if manifest["chunks"] else None
+    if (
+        absolute is not None
+        and first is not None
+        and not (relative / first).exists()
+        and (Path(absolute) / first).exists()
+    ):
+        return Path(absolute)
+    return relative
 
 
 def manifest_files(path: Path, manifest: Mapping[str, Any]) -> list[Path]:
@@ -224,7 +262,13 @@ def prune_chunk_store(chunk_store: str | Path, keep: Iterable[str | Path]) -> in
     referenced: set[str] = set()
     for dump in keep:
         dump = Path(dump).absolute()
-        manifest = read_manifest(dump)
+        try:
+            manifest = read_manifest(dump)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"prune_chunk_store(): {str(dump)!r} in keep holds no complete replay dump (no "
+                f"{MANIFEST}); nothing was deleted. Leave incomplete dumps out of keep."
+            ) from err
         if manifest.get("chunk_store") is None:
             continue
         root = chunk_root(dump, manifest)

@@ -1,0 +1,203 @@
+"""Replay checkpoints: a full dump, an incremental dump after BTR's checkpoint interval, a load.
+
+Fills a RiseReplayBuffer of Atari size (64 env lanes, 1x84x84 uint8 frames, 512-d fp16 embeddings,
+K=80) with synthetic data, dumps it into a chunk store (the first dump into a store is full),
+writes 250k more transitions (the env steps of 1M Atari frames at frame skip 4: BTR's checkpoint
+interval), dumps again (only the chunks written since), then closes the buffer and loads the second
+dump into a fresh one (every file size- and CRC-checked). Writes the "checkpoint" section of
+docs/benchmarks.md. Each figure is one run (a dump of 8.5 GB takes tens of seconds).
+
+    python benchmarks/bench_checkpoint.py                       # 2^20 records: ~20 GB of disk
+    python benchmarks/bench_checkpoint.py --quick --no-write   # 2^16 records: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import markdown_table, write_section
+from torchrl_rise.replay import RiseReplayBuffer, prune_chunk_store
+
+
+def write_steps(rb: RiseReplayBuffer, steps: int, *, chunk: int, p_end: float, seed: int) -> float:
+    """Write ``steps`` env steps in total as [num_envs, chunk] collector batches; returns seconds."""
+    g = torch.Generator().manual_seed(seed)
+    E, (c, h, w), S, D = rb.num_envs, rb.frame_shape, rb.frame_stack, rb.embedding_dim
+    frames = torch.randint(0, 256, (E, chunk, c, h, w), dtype=torch.uint8, generator=g)
+    # Only the newest frame of a stack is stored: an expanded view stands for the stack.
+    pixels = frames.unsqueeze(2).expand(E, chunk, S, c, h, w).reshape(E, chunk, S * c, h, w)
+    emb = torch.randn(E, chunk, D, generator=g).half()
+    start = time.perf_counter()
+    for _ in range(max(1, steps // (E * chunk))):
+        end = torch.rand(E, chunk, 1, generator=g) < p_end
+        rb.extend(
+            TensorDict(
+                {
+                    "pixels": pixels,
+                    "rise_embedding": emb,
+                    "action": torch.randint(0, 18, (E, chunk), generator=g),
+                    ("next", "reward"): torch.randn(E, chunk, 1, generator=g),
+                    ("next", "terminated"): end,
+                    ("next", "truncated"): torch.zeros_like(end),
+                    ("next", "pixels"): pixels,
+                    ("next", "rise_embedding"): emb,
+                },
+                batch_size=[E, chunk],
+            )
+        )
+    return time.perf_counter() - start
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--capacity", type=int, default=2**20, help="records in the buffer")
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument(
+        "--steps", type=int, default=250_000, help="transitions between the two dumps"
+    )
+    parser.add_argument("--chunk-records", type=int, default=None, help="default: the buffer's")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/rise_bench_checkpoint"))
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="2^16 records, 16384 steps, chunks of 256: seconds"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.capacity, args.steps, args.chunk_records = 2**16, 2**14, 256
+    torch.set_num_threads(2)
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    args.dir.mkdir(parents=True)
+    opts = dict(
+        frame_shape=(1, 84, 84),
+        frame_stack=4,
+        embedding_dim=512,
+        context_length=80,
+        n_step=3,
+        seed=0,
+    )
+    if args.chunk_records:
+        opts["chunk_records"] = args.chunk_records
+    store = args.dir / "chunk_store"
+    try:
+        rb = RiseReplayBuffer(
+            args.capacity, args.num_envs, scratch_dir=args.dir / "scratch", **opts
+        )
+        nbytes = rb.nbytes
+        frac = min(1.0, args.steps / rb.capacity)
+        # Per lane, the steps written between dumps dirty their chunks plus about one partial
+        # chunk at each end.
+        incr = min(nbytes, int(frac * nbytes) + 2 * rb.num_envs * rb.chunk_nbytes)
+        need = nbytes + nbytes + incr + 2 * rb.state_nbytes
+        free = shutil.disk_usage(args.dir).free
+        print(
+            f"disk needed: {need / 1e9:.1f} GB (scratch {nbytes / 1e9:.2f} GB + full dump "
+            f"{nbytes / 1e9:.2f} GB + incremental dump <= {incr / 1e9:.2f} GB); "
+            f"free: {free / 1e9:.1f} GB",
+            flush=True,
+        )
+        if need > free:
+            raise SystemExit(
+                f"Not enough disk under {args.dir}: lower --capacity or point --dir elsewhere."
+            )
+        fill_s = write_steps(rb, rb.capacity, chunk=64, p_end=1e-3, seed=0)
+        print(f"filled {rb.capacity} records in {fill_s:.0f} s ({len(rb)} sampleable)", flush=True)
+
+        t = time.perf_counter()
+        full = rb.dumps(args.dir / "ckpt_1", chunk_store=store)
+        full_s = time.perf_counter() - t
+        print(f"full dump: {full_s:.1f} s, {full['bytes_written'] / 1e9:.2f} GB", flush=True)
+
+        more_s = write_steps(rb, args.steps, chunk=64, p_end=1e-3, seed=1)
+        t = time.perf_counter()
+        inc = rb.dumps(args.dir / "ckpt_2", chunk_store=store)
+        inc_s = time.perf_counter() - t
+        print(
+            f"incremental dump after {args.steps} transitions: {inc_s:.1f} s, "
+            f"{inc['bytes_written'] / 1e9:.2f} GB written, {inc['bytes_reused'] / 1e9:.2f} GB "
+            "reused",
+            flush=True,
+        )
+        expected_sample = rb.sample()["index"]
+        rb.close()
+        shutil.rmtree(args.dir / "ckpt_1")
+        freed = prune_chunk_store(store, keep=[args.dir / "ckpt_2"])
+        store_after = dir_bytes(store)
+
+        resumed = RiseReplayBuffer(
+            args.capacity, args.num_envs, scratch_dir=args.dir / "scratch2", **opts
+        )
+        t = time.perf_counter()
+        resumed.loads(args.dir / "ckpt_2")
+        load_s = time.perf_counter() - t
+        print(f"load: {load_s:.1f} s", flush=True)
+        # The dump was taken before the sample above: the resumed buffer draws it again.
+        assert torch.equal(resumed.sample()["index"], expected_sample)
+        resumed.close()
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+
+    gb = 1e9
+    rows = [
+        [
+            "full dump (first into the chunk store)",
+            f"{full_s:.1f}",
+            f"{full['bytes_written'] / gb:.2f}",
+            f"{full['files_written']}",
+            f"{full['bytes_written'] / gb / full_s:.2f} GB/s",
+        ],
+        [
+            f"incremental dump after {args.steps} more transitions",
+            f"{inc_s:.1f}",
+            f"{inc['bytes_written'] / gb:.2f} (+ {inc['bytes_reused'] / gb:.2f} reused)",
+            f"{inc['files_written']} (+ {inc['files_reused']} reused)",
+            f"{inc['bytes_written'] / gb / inc_s:.2f} GB/s",
+        ],
+        [
+            "load of the incremental dump (verify + copy into scratch)",
+            f"{load_s:.1f}",
+            f"{(inc['bytes_written'] + inc['bytes_reused']) / gb:.2f} read",
+            f"{inc['files_written'] + inc['files_reused']}",
+            f"{(inc['bytes_written'] + inc['bytes_reused']) / gb / load_s:.2f} GB/s",
+        ],
+    ]
+    body = f"""
+A {rb.capacity}-record buffer ({args.num_envs} env lanes, 1x84x84 uint8 frames, 512-d fp16
+embeddings, K=80; {nbytes / gb:.2f} GB of memmap, chunks of {rb.chunk_records} records =
+{rb.chunk_nbytes / 1e6:.1f} MB), filled with synthetic data, dumped into a chunk store; then
+{args.steps} more transitions (the env steps of 1M Atari frames at frame skip 4, BTR's checkpoint
+interval; {frac:.1%} of the capacity) and a second dump; then a load of the second dump into a fresh
+buffer. One run each:
+
+{markdown_table(["step", "seconds", "GB written", "files", "rate"], rows)}
+
+The incremental dump wrote {inc["bytes_written"] / full["bytes_written"]:.1%} of the full dump's
+bytes, for {frac:.1%} of the records changed: each of the {args.num_envs} lanes also rewrites the
+partly written chunk at each end of what it wrote. Deleting the first checkpoint and pruning the
+store freed {freed / gb:.2f} GB, leaving {store_after / gb:.2f} GB (the second dump's chunks).
+Disk to budget: scratch ({nbytes / gb:.2f} GB) + the first dump ({nbytes / gb:.2f} GB) + each
+later checkpoint's increment. The dump reads the memmap through the page cache and every file is
+fsynced; the load may have read some of the just-written chunk files from the page cache (not
+dropped before it), so a cold load can be slower, bounded by the disk's read rate. Filling took
+{fill_s:.0f} s, the {args.steps} transitions {more_s:.0f} s.
+"""
+    if not args.no_write:
+        write_section("checkpoint", "Replay checkpoints (`RiseReplayBuffer.dumps`)", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
