@@ -156,7 +156,6 @@ class Trainer:
         self.recent_success: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self._stop = threading.Event()
         self._stop_reason: str | None = None
-        self._stop_now = False
         self._signal_count = 0
         # False while a step (extend + updates) is half done: no checkpoint of such a state.
         self._consistent = True
@@ -201,7 +200,6 @@ class Trainer:
                     "second signal (%s): stopping at the next step boundary, skipping the rest",
                     name,
                 )
-                self._stop_now = True
                 self.request_stop(name)
             else:
                 os.write(2, f"third signal ({name}): exiting now, without saving\n".encode())
