@@ -24,6 +24,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from torchrl_rise.training import train  # noqa: E402
+from torchrl_rise.training.presets import register_presets  # noqa: E402
+
+register_presets()  # lists preset=quickstart|debug|tiny in --help
 
 
 @hydra.main(config_path="config", config_name="miniworld", version_base="1.3")

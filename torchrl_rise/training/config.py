@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "check_disk_space",
     "load_config",
+    "suite_frame_skip",
     "validate_config",
 ]
 
@@ -406,21 +408,36 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
             "the buffer can never serve such a batch. Lower the batch or raise the capacity."
         )
-    # Before learning starts the buffer holds ``learning_starts`` transitions, of which the last
-    # n-1 of each env have no complete n-step target yet.
-    servable = min(rp.learning_starts, rp.capacity) - cfg.env.num_envs * (cfg.loss.n_step - 1)
+    # Learning starts after the first collector batch that brings env_steps to learning_starts:
+    # every env lane then holds S steps, of which the last n_step have no complete n-step
+    # future yet (a step s is sampleable once step s + n_step is written).
+    E, T, n = cfg.env.num_envs, cfg.collector.steps_per_batch, cfg.loss.n_step
+    batches = max(1, math.ceil(rp.learning_starts / (E * T)))
+    steps = batches * T
+    lane = rp.capacity // E
+    stack = cfg.env.frame_stack or 4
+    # a wrapped lane lost its oldest frame histories
+    stored = steps if lane >= steps else lane - (stack - 1)
+    servable = E * max(0, stored - n)
     if rp.batch_size > servable:
+        enough = E * T * math.ceil((math.ceil(rp.batch_size / E) + n) / T)
         raise ConfigError(
             f"replay.batch_size={rp.batch_size} is more than the buffer can serve when learning "
-            f"starts ({servable} complete transitions: min(learning_starts={rp.learning_starts}, "
-            f"capacity={rp.capacity}) minus {cfg.env.num_envs} envs x (n_step-1)). Raise "
-            "replay.learning_starts or lower replay.batch_size."
+            f"starts: {servable} transitions ({E} envs x ({stored} steps each after "
+            f"{batches} batches of {T} vector steps - loss.n_step={n} steps without a complete "
+            f"n-step future), with replay.learning_starts={rp.learning_starts}). Raise "
+            f"replay.learning_starts to at least {enough} or lower replay.batch_size."
         )
-    if rp.learning_starts > cfg.total_frames:
+    frame_skip = suite_frame_skip(cfg)
+    if rp.learning_starts * frame_skip > cfg.total_frames:
         raise ConfigError(
-            f"replay.learning_starts={rp.learning_starts} exceeds total_frames="
-            f"{cfg.total_frames}: the run would never learn. Lower replay.learning_starts."
+            f"replay.learning_starts={rp.learning_starts} transitions are "
+            f"{rp.learning_starts * frame_skip} frames (frame skip {frame_skip} on "
+            f"{cfg.env.suite}), more than total_frames={cfg.total_frames}: the run would never "
+            "learn. Lower replay.learning_starts or raise total_frames."
         )
+    if rp.scratch_dir:
+        _check_writable_dir(Path(rp.scratch_dir), "replay.scratch_dir")
 
     ex = cfg.exploration
     from torchrl_rise.modules.actor import EPS_SCHEDULES
@@ -488,6 +505,45 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"the path of a run directory or checkpoint; got {cfg.resume!r}."
         )
     return cfg
+
+
+def suite_frame_skip(cfg: TrainConfig) -> int:
+    """Simulator frames per agent step of ``cfg``'s suite (``env.kwargs.frame_skip`` if set).
+
+    The default is the suite module's ``FRAME_SKIP`` (4 for Atari and ViZDoom), else 1.
+
+    Example:
+        >>> suite_frame_skip(TrainConfig())
+        4
+    """
+    if "frame_skip" in cfg.env.kwargs:
+        return int(cfg.env.kwargs["frame_skip"])
+    import importlib
+
+    from torchrl_rise.envs import SUITES as SUITE_MODULES
+
+    try:
+        module = importlib.import_module(SUITE_MODULES[cfg.env.suite])
+    except ImportError:  # the suite's simulator is missing: make_env will say so
+        return 1
+    return int(getattr(module, "FRAME_SKIP", 1))
+
+
+def _check_writable_dir(path: Path, name: str) -> None:
+    """Fail now, not at the first write, if ``path`` cannot be created or written to."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(
+            f"{name}={str(path)!r} cannot be created: {str(probe)!r} is not a directory. "
+            "Point it to a directory on a local disk."
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{name}={str(path)!r} is not writable: no write permission in {str(probe)!r}. "
+            "Point it to a directory you can write to."
+        )
 
 
 def check_disk_space(

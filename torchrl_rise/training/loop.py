@@ -12,6 +12,11 @@ collector -> replay -> learner -> target update -> evaluation -> logging -> chec
         every checkpoint.interval_frames, and on SIGINT/SIGTERM: checkpoint
     summary.json
 
+What survives what (docs/training.md has the table): a signal only sets a flag, so a stop always
+lands on a step boundary and is checkpointed; an exception writes at most a separate crash
+checkpoint (never ``latest``); a hard kill leaves the previous checkpoint, and the next start
+(under the run lock ``<run>/.lock``) reclaims what the dead process left.
+
 Frame counters follow the Atari convention: ``frames`` = agent steps x the env's frame skip (4 for
 Atari), so ``total_frames``, the eval/checkpoint/log intervals and the eps schedule are in simulator
 frames, while replay sizes (``capacity``, ``learning_starts``, ``batch_size``) count transitions.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import inspect
 import json
 import logging
 import math
@@ -39,17 +45,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchrl_rise._fileio import CheckpointCorruptError, is_disk_full, write_atomic
 from torchrl_rise.training.builders import Components, build_collector, build_components
 from torchrl_rise.training.checkpoint import (
+    RunLock,
     find_latest_checkpoint,
     get_rng_state,
+    list_checkpoints,
     load_checkpoint,
+    remove_stale_temp,
     save_checkpoint,
     set_rng_state,
 )
 from torchrl_rise.training.config import (
     ConfigError,
     TrainConfig,
+    check_disk_space,
     config_to_dict,
     load_config,
 )
@@ -57,11 +68,22 @@ from torchrl_rise.training.evaluation import EvalResult, evaluate
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.summary import make_summary, write_summary
 
-__all__ = ["Trainer", "train"]
+__all__ = ["CollectorExhaustedError", "DiskFullError", "Trainer", "train"]
 
 logger = logging.getLogger(__name__)
 
 RECENT_EPISODES = 100
+CHUNK_STORE = "replay_chunks"
+# What marks a run directory as holding a run (a new run there is refused).
+_RUN_MARKERS = ("config.json", "train.csv", "eval.csv", "summary.json", "checkpoints")
+
+
+class CollectorExhaustedError(RuntimeError):
+    """The collector stopped yielding batches before the run collected ``total_frames``."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up during a checkpoint write (the previous checkpoint is intact)."""
 
 
 def _safe(name: str) -> str:
@@ -90,7 +112,12 @@ class Trainer:
         counters: ``frames``, ``env_steps``, ``updates``, ``episodes``, ``walltime_s``...
 
     Call :meth:`request_stop` (or send SIGINT/SIGTERM) to stop after the current step; the run then
-    saves a checkpoint, flushes its logs and writes ``summary.json`` with ``status: interrupted``.
+    abandons a running evaluation, saves a checkpoint, flushes its logs and writes
+    ``summary.json`` with ``status: interrupted``. Signals never interrupt a step: a second one
+    also skips what is left (the final evaluation) but still waits for the step boundary; a third
+    exits at once without saving. An exception fails the run (``status: failed``, ``reason``)
+    and writes at most a crash checkpoint ``checkpoints/crash_frames_<N>/`` (only if the state is
+    consistent), which ``resume=true`` never picks.
 
     Example:
         >>> cfg = {"method": "btr", "env": {"suite": "memory", "env_id": "cue-L4",
@@ -129,7 +156,15 @@ class Trainer:
         self.recent_success: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+        self._signal_count = 0
+        # False while a step (extend + updates) is half done: no checkpoint of such a state.
+        self._consistent = True
         self._eval_env = None
+        self._lock: RunLock | None = None
+        self._created: Path | None = None
+        self.resumed_from: Path | None = None
+        self.status: str | None = None
+        self.reason: str | None = None
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "requested") -> None:
@@ -149,11 +184,26 @@ class Trainer:
             return
 
         def handler(signum, _frame):
+            # Only flags: raising here would break a step (extend, optimizer.step) in the middle.
             name = signal.Signals(signum).name
-            if self.stopping:  # second signal: give up on a clean stop
-                raise KeyboardInterrupt
-            logger.warning("%s received: finishing the current step, then checkpointing", name)
-            self.request_stop(name)
+            self._signal_count += 1
+            if self._signal_count == 1:
+                logger.warning(
+                    "%s received: finishing the current step, then checkpointing (send it again "
+                    "to skip what is left, e.g. the final evaluation; a third time exits at once "
+                    "without saving)",
+                    name,
+                )
+                self.request_stop(name)
+            elif self._signal_count == 2:
+                logger.warning(
+                    "second signal (%s): stopping at the next step boundary, skipping the rest",
+                    name,
+                )
+                self.request_stop(name)
+            else:
+                os.write(2, f"third signal ({name}): exiting now, without saving\n".encode())
+                os._exit(128 + signum)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -164,6 +214,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _resolve_run_dir(self) -> tuple[Path, Path | None]:
+        """The run directory and, for an explicit resume path, its checkpoint (unverified)."""
         cfg = self.cfg
         resume = cfg.resume
         if resume is False:
@@ -179,9 +230,8 @@ class Trainer:
                 else sorted((p for p in parent.glob("*") if p.is_dir()), reverse=True)
             )
             for run in candidates:
-                ckpt = find_latest_checkpoint(run)
-                if ckpt is not None:
-                    return run, ckpt
+                if list_checkpoints(run):
+                    return run, None
             raise ConfigError(
                 f"resume=true but no checkpoint exists under {parent}; start without resume, or "
                 "pass resume=<run dir or checkpoint path>."
@@ -194,6 +244,69 @@ class Trainer:
             )
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run, ckpt
+
+    def _open_run_dir(self) -> list[Path]:
+        """Resolve, create and lock the run directory; return the checkpoints to try, in order.
+
+        ``resume=true`` tries the regular checkpoints newest first (falling back from damaged
+        ones); an explicit resume path is the only candidate; a new run has none and is refused
+        in a directory that already holds a run.
+        """
+        cfg = self.cfg
+        run, explicit = self._resolve_run_dir()
+        self._created = _make_dirs(run)
+        self.run_dir = run
+        try:
+            self._lock = RunLock(run).acquire()
+            if cfg.resume is False:
+                found = [name for name in _RUN_MARKERS if (run / name).exists()]
+                if found:
+                    raise ConfigError(
+                        f"logging.run_dir={str(run)!r} already holds a run ({', '.join(found)}): "
+                        "starting a new one there would mix both runs' logs and overwrite its "
+                        "checkpoints. Add resume=true to continue it, or choose another "
+                        "logging.run_dir (or delete that directory)."
+                    )
+                return []
+            return [explicit] if explicit is not None else list_checkpoints(run)
+        except BaseException:
+            self._close_run_dir(remove=True)
+            raise
+
+    def _close_run_dir(self, *, remove: bool) -> None:
+        """Release the run lock; with ``remove``, delete the run directory if this run made it."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if remove and self._created is not None:
+            # The run dir goes; of the parents this run made, only the empty ones (another run
+            # may have started under them meanwhile).
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._created != self.run_dir and self._created in self.run_dir.parents:
+                for parent in self.run_dir.parents:
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
+                    if parent == self._created:
+                        break
+            self._created = None
+
+    def _reclaim(self) -> None:
+        """Delete what a dead run left behind (called under the run lock: nobody else is here)."""
+        run = self.run_dir
+        removed = [p.name for p in remove_stale_temp(run / "checkpoints")]
+        scratch = run / "replay_scratch"
+        if not self.cfg.replay.scratch_dir and scratch.exists():
+            size = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(f"replay_scratch/ ({size / 2**20:.1f} MiB)")
+        if removed:
+            pid = self._lock.previous_pid if self._lock is not None else None
+            logger.warning(
+                "reclaimed what a dead run%s left in %s: %s",
+                f" (pid {pid})" if pid else "",
+                run,
+                ", ".join(removed),
+            )
 
     def _setup_logging(self) -> logging.Handler:
         handler = logging.FileHandler(self.run_dir / "train.log")
@@ -225,7 +338,7 @@ class Trainer:
         }
 
     def _restore(self, comps: Components, ckpt: Path) -> None:
-        loaded = load_checkpoint(ckpt)
+        loaded = load_checkpoint(ckpt)  # verifies every file against the manifest
         state = loaded["state"]
         for key in ("method", "suite", "env_id"):
             mine = getattr(self.cfg, key) if key == "method" else getattr(self.cfg.env, key)
@@ -234,6 +347,17 @@ class Trainer:
                     f"cannot resume from {loaded['path']}: it was trained with {key}="
                     f"{state.get(key)!r}, this config has {key}={mine!r}."
                 )
+        if loaded["replay_dir"] is not None:
+            # First, so that a damaged replay snapshot leaves the rest untouched (fallback).
+            comps.replay.loads(loaded["replay_dir"])
+            # The envs restart with fresh episodes: don't splice them onto the ones the buffer saw.
+            comps.replay.close_open_episodes()
+        elif state["counters"]["env_steps"]:
+            logger.warning(
+                "checkpoint %s holds no replay buffer (checkpoint.save_replay=false): the buffer "
+                "refills from scratch",
+                loaded["path"],
+            )
         comps.actor.load_state_dict(state["actor"])
         comps.loss.load_state_dict(state["loss"])
         comps.optimizer.load_state_dict(state["optimizer"])
@@ -245,16 +369,6 @@ class Trainer:
         self.recent_scores.extend(state["recent"]["scores"])
         self.recent_lengths.extend(state["recent"]["lengths"])
         self.recent_success.extend(state["recent"]["success"])
-        if loaded["replay_dir"] is not None:
-            comps.replay.loads(loaded["replay_dir"])
-            # The envs restart with fresh episodes: don't splice them onto the ones the buffer saw.
-            comps.replay.close_open_episodes()
-        elif self.counters["env_steps"]:
-            logger.warning(
-                "checkpoint %s holds no replay buffer (checkpoint.save_replay=false): the buffer "
-                "refills from scratch",
-                loaded["path"],
-            )
         set_rng_state(state["rng"])
         logger.info(
             "resumed from %s at %d frames, %d updates",
@@ -263,20 +377,142 @@ class Trainer:
             self.counters["updates"],
         )
 
-    def _save(self, comps: Components) -> Path:
+    def _restore_any(self, comps: Components, candidates: list[Path]) -> Path | None:
+        """Restore the first good checkpoint of ``candidates``; warn about each damaged one.
+
+        Only ``resume=true`` falls back; an explicit resume path that is damaged is an error.
+        """
+        damaged = []
+        for ckpt in candidates:
+            try:
+                self._restore(comps, ckpt)
+            except CheckpointCorruptError as err:
+                if self.cfg.resume is not True:
+                    raise
+                logger.warning(
+                    "CHECKPOINT DAMAGED: %s cannot be resumed from (%s); falling back to the "
+                    "previous checkpoint",
+                    ckpt,
+                    err,
+                )
+                damaged.append(f"{ckpt.name}: {err}")
+                continue
+            if damaged:
+                logger.warning(
+                    "resumed from %s, an older checkpoint than the latest (damaged: %s)",
+                    ckpt,
+                    "; ".join(damaged),
+                )
+            self.resumed_from = ckpt
+            return ckpt
+        if damaged:
+            raise CheckpointCorruptError(
+                f"every checkpoint of {self.run_dir} is damaged, nothing to resume from: "
+                f"{'; '.join(damaged)}. Resume from a crash checkpoint by its path "
+                "(resume=<run>/checkpoints/crash_frames_N), or start a new run in another "
+                "logging.run_dir."
+            )
+        return None
+
+    def _chunk_store(self, replay: Any) -> Path | None:
+        """``checkpoints/replay_chunks`` if the replay writes incremental snapshots, else None."""
+        dumps = getattr(replay, "dumps", None)
+        try:
+            params = inspect.signature(dumps).parameters
+        except (TypeError, ValueError):
+            return None
+        return self.run_dir / "checkpoints" / CHUNK_STORE if "chunk_store" in params else None
+
+    def _prune_chunks(self, replay: Any, kept: list[Path]) -> None:
+        store = self._chunk_store(replay)
+        if store is None or not store.exists():
+            return
+        try:
+            from torchrl_rise.replay import prune_chunk_store
+        except ImportError:
+            return
+        dumps = [k / "replay" for k in kept if (k / "replay").is_dir()]
+        try:
+            freed = prune_chunk_store(store, keep=dumps)
+        except (OSError, ValueError, CheckpointCorruptError) as err:
+            # e.g. a damaged snapshot manifest: keep every chunk rather than guess
+            logger.warning("replay chunk store %s not pruned: %s", store, err)
+            return
+        if freed:
+            logger.info("replay chunk store: freed %.1f MiB", freed / 2**20)
+
+    def _check_disk_budget(self, comps: Components, frame_skip: int) -> dict[str, int]:
+        """Check that the disk holds the scratch memmaps plus the checkpoints kept at once."""
+        budget = disk_budget(
+            self.cfg,
+            comps,
+            frame_skip=frame_skip,
+            incremental=self._chunk_store(comps.replay) is not None,
+        )
+        ckpt_dir = self.run_dir / "checkpoints"
+        existing = (
+            sum(f.stat().st_size for f in ckpt_dir.rglob("*") if f.is_file())
+            if ckpt_dir.exists()
+            else 0
+        )
+        scratch = Path(getattr(comps.replay, "scratch_dir", self.run_dir))
+        same_disk = _device_of(scratch) == _device_of(self.run_dir)
+        need = max(0, budget["checkpoints"] - existing) + (budget["scratch"] if same_disk else 0)
+        ck = self.cfg.checkpoint
+        check_disk_space(
+            self.run_dir,
+            need,
+            what=(
+                f"this run (replay scratch {budget['scratch'] / 2**30:.2f} GiB"
+                f"{'' if same_disk else ' on another disk, not counted'} + checkpoints "
+                f"{budget['checkpoints'] / 2**30:.2f} GiB: checkpoint.keep={ck.keep} kept + 1 "
+                f"during a save, replay {budget['replay_per_checkpoint'] / 2**30:.2f} GiB"
+                f"{' per increment after a first full snapshot' if budget['incremental'] else ''}"
+                f" and model/optimizer {budget['state'] / 2**30:.3f} GiB each; "
+                f"{existing / 2**30:.2f} GiB of checkpoints already there)"
+            ),
+            hint=(
+                "Lower replay.capacity or checkpoint.keep, set checkpoint.save_replay=false, or "
+                "put logging.run_dir / replay.scratch_dir on a larger disk."
+            ),
+        )
+        return budget
+
+    def _save(self, comps: Components, *, crash: bool = False) -> Path:
+        """A regular checkpoint (``latest``, pruning) or, with ``crash``, a crash checkpoint."""
         cfg = self.cfg
-        self.counters["next_checkpoint"] = _next_multiple(
-            self.counters["frames"], cfg.checkpoint.interval_frames
-        )
-        return save_checkpoint(
-            self.run_dir / "checkpoints",
-            self._state(comps),
-            step=int(self.counters["frames"]),
-            save_replay=comps.replay.dumps
-            if cfg.checkpoint.save_replay and self.counters["env_steps"]
-            else None,
-            keep=cfg.checkpoint.keep,
-        )
+        if not crash:
+            self.counters["next_checkpoint"] = _next_multiple(
+                self.counters["frames"], cfg.checkpoint.interval_frames
+            )
+        save_replay = None
+        if cfg.checkpoint.save_replay and self.counters["env_steps"]:
+            store = self._chunk_store(comps.replay)
+            save_replay = (
+                comps.replay.dumps
+                if store is None
+                else (lambda path: comps.replay.dumps(path, chunk_store=store))
+            )
+        try:
+            return save_checkpoint(
+                self.run_dir / "checkpoints",
+                self._state(comps),
+                step=int(self.counters["frames"]),
+                save_replay=save_replay,
+                keep=cfg.checkpoint.keep,
+                crash=crash,
+                on_pruned=lambda kept: self._prune_chunks(comps.replay, kept),
+            )
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            previous = find_latest_checkpoint(self.run_dir / "checkpoints")
+            raise DiskFullError(
+                f"the disk of {self.run_dir} is full: the checkpoint at "
+                f"{self.counters['frames']} frames could not be written ({err}). Its partial "
+                f"folder was removed; {previous or 'no earlier checkpoint'} is intact. Free some "
+                "space, then resume with resume=true."
+            ) from err
 
     # ------------------------------------------------------------------ pieces of an iteration
     def _track_episodes(self, batch, env_info) -> None:
@@ -317,11 +553,9 @@ class Trainer:
                 if gate:
                     stats["gate"] = gate
 
-    def _evaluate(self, comps: Components, *, final: bool = False) -> EvalResult:
+    def _evaluate(self, comps: Components, *, final: bool = False) -> EvalResult | None:
+        """One evaluation, logged; ``None`` if a stop request abandoned it (nothing logged)."""
         cfg = self.cfg
-        self.counters["next_eval"] = _next_multiple(
-            self.counters["frames"], cfg.eval.interval_frames
-        )
         if self._eval_env is None:
             self._eval_env = comps.eval_env_factory()
             torch.set_num_threads(self._num_threads)
@@ -336,6 +570,12 @@ class Trainer:
             record_video=cfg.eval.video,
             frame_channels=comps.env_info.frame_channels,
             device=None if cfg.device == "cpu" else cfg.device,
+            should_stop=lambda: self.stopping,
+        )
+        if result.interrupted:
+            return None  # next_eval stays: a resumed run evaluates these frames again
+        self.counters["next_eval"] = _next_multiple(
+            self.counters["frames"], cfg.eval.interval_frames
         )
         row = {
             "frames": self.counters["frames"],
@@ -390,7 +630,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def run(self) -> dict[str, Any]:
-        """Train until ``total_frames`` (or a stop request); return the summary dict."""
+        """Train until ``total_frames`` (or a stop request); return the summary dict.
+
+        Raises:
+            ConfigError: a bad configuration or a refused resume (nothing trained).
+            RunInUseError: another live process holds the run directory's lock.
+            CheckpointCorruptError: the checkpoint to resume from is damaged (an explicit path,
+                or every checkpoint of the run for ``resume=true``).
+            CollectorExhaustedError, DiskFullError, NonFiniteStateError, ...: any error of the
+                run itself, re-raised after ``summary.json`` says ``failed``.
+        """
         cfg = self.cfg
         self._num_threads = num_threads = default_num_threads(cfg)
         torch.set_num_threads(num_threads)
@@ -401,108 +650,209 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-
-        self.run_dir, ckpt = self._resolve_run_dir()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        handler = self._setup_logging()
-        logger.info("run directory: %s", self.run_dir.resolve())
         resolved = config_to_dict(cfg)
-        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
-        collector = None
-        comps = None
-        completed = False
+        candidates = self._open_run_dir()  # the run lock is held from here on
+        handler = None
+        summary = None
+        error: BaseException | None = None
         try:
-            comps = build_components(cfg, scratch_dir=self.run_dir / "replay_scratch")
-            self.components = comps
-            self.logs = RunLogger(
-                self.run_dir,
-                backends=cfg.logging.backends,
-                experiment_name=f"{cfg.env.suite}-{_safe(cfg.env.env_id)}-{cfg.method}-s{cfg.seed}",
-                wandb_project=cfg.logging.wandb_project,
-                config=resolved,
-            )
-            if ckpt is not None:
-                self._restore(comps, ckpt)
-            self._walltime_base = float(self.counters["walltime_s"])
-            self._t0 = time.perf_counter()
-            frame_skip = int(comps.env_info.frame_skip)
-            if self.counters["next_eval"] == 0:
-                self.counters["next_eval"] = cfg.eval.interval_frames
-                self.counters["next_checkpoint"] = cfg.checkpoint.interval_frames
-                self.counters["next_log"] = cfg.logging.interval_frames
-
-            # Workers inherit an ignored SIGINT, so Ctrl-C reaches only this process, which stops
-            # cleanly and then shuts the workers down.
-            with _ignore_sigint():
-                collector = build_collector(
-                    cfg,
-                    # a resumed run must not replay the episodes it already saw
-                    seed=cfg.seed + 7919 * self.counters["iterations"],
-                    encoder=comps.encoder,
-                    policy=comps.actor,
-                )
-            # TorchRL's batched envs and collectors set the thread count of this process
-            # themselves; the learner's share is ours to choose.
-            torch.set_num_threads(num_threads)
+            handler = self._setup_logging()
+            logger.info("run directory: %s", self.run_dir.resolve())
+            self._reclaim()
             with self._signals():
-                self._loop(comps, collector, frame_skip)
-            completed = True
-        finally:
-            status = "finished" if completed and not self.stopping else "interrupted"
-            summary = None
-            saved = False
-            if (
-                comps is not None
-                and hasattr(self, "logs")
-                and (completed or _collected_anything(self))
-            ):
+                comps = collector = None
                 try:
-                    if collector is not None:
-                        with contextlib.suppress(Exception):
-                            collector.shutdown()
-                        collector = None
+                    comps, collector = self._start(candidates, resolved, num_threads)
+                    self._loop(comps, collector, int(comps.env_info.frame_skip))
+                except BaseException as err:
+                    error = err
+                summary, error = self._finish(comps, collector, error, resolved)
+        finally:
+            keep_dir = (
+                summary is not None
+                or _collected_anything(self)
+                or bool(list_checkpoints(self.run_dir))
+            )
+            logger.info("run %s (%s): %s", self.status, self.reason or "done", self.run_dir)
+            if handler is not None:
+                logging.getLogger("torchrl_rise").removeHandler(handler)
+                handler.close()
+            self._close_run_dir(remove=not keep_dir)  # a failed start leaves no empty run dir
+        if error is not None:
+            raise error
+        return summary
+
+    def _start(self, candidates: list[Path], resolved: dict[str, Any], num_threads: int):
+        """Build, check the disk, restore, open the logs, build the collector."""
+        cfg = self.cfg
+        comps = build_components(cfg, scratch_dir=self.run_dir / "replay_scratch")
+        self.components = comps
+        frame_skip = int(comps.env_info.frame_skip)
+        self._check_disk_budget(comps, frame_skip)
+        # a crash mid-save may have left chunks no checkpoint references
+        self._prune_chunks(
+            comps.replay,
+            [p for p in (self.run_dir / "checkpoints").glob("*frames_*") if p.is_dir()],
+        )
+        ckpt = self._restore_any(comps, candidates)
+        # Only now is the resume accepted: a refused one must not rewrite config.json.
+        write_atomic(
+            self.run_dir / "config.json", json.dumps(resolved, indent=2, default=str).encode()
+        )
+        self.logs = RunLogger(
+            self.run_dir,
+            backends=cfg.logging.backends,
+            experiment_name=f"{cfg.env.suite}-{_safe(cfg.env.env_id)}-{cfg.method}-s{cfg.seed}",
+            wandb_project=cfg.logging.wandb_project,
+            config=resolved,
+            drop_after_frames=int(self.counters["frames"]) if ckpt is not None else None,
+        )
+        self._walltime_base = float(self.counters["walltime_s"])
+        self._t0 = time.perf_counter()
+        if self.counters["next_eval"] == 0:
+            self.counters["next_eval"] = cfg.eval.interval_frames
+            self.counters["next_checkpoint"] = cfg.checkpoint.interval_frames
+            self.counters["next_log"] = cfg.logging.interval_frames
+        self._iterations_at_start = int(self.counters["iterations"])
+        # Workers inherit an ignored SIGINT, so Ctrl-C reaches only this process, which stops
+        # cleanly and then shuts the workers down.
+        with _ignore_sigint():
+            collector = build_collector(
+                cfg,
+                # a resumed run must not replay the episodes it already saw
+                seed=cfg.seed + 7919 * self.counters["iterations"],
+                encoder=comps.encoder,
+                policy=comps.actor,
+            )
+        # TorchRL's batched envs and collectors set the thread count of this process
+        # themselves; the learner's share is ours to choose.
+        torch.set_num_threads(num_threads)
+        return comps, collector
+
+    def _finish(self, comps, collector, error: BaseException | None, resolved: dict[str, Any]):
+        """Final evaluation, checkpoint and summary; returns ``(summary, error to raise)``."""
+        cfg = self.cfg
+        c = self.counters
+        if collector is not None:
+            with contextlib.suppress(Exception):
+                collector.shutdown()
+        started = comps is not None and hasattr(self, "logs") and hasattr(self, "_t0")
+        summary = None
+        saved = False
+        try:
+            if started and error is None:
+                try:
+                    complete = c["frames"] >= cfg.total_frames
                     if (
-                        completed
+                        complete
                         and not self.stopping
                         and cfg.eval.final
-                        and (
-                            not self.evaluations
-                            or self.evaluations[-1]["frames"] != self.counters["frames"]
-                        )
+                        and (not self.evaluations or self.evaluations[-1]["frames"] != c["frames"])
                     ):
                         self._evaluate(comps, final=True)
-                    self.counters["walltime_s"] = self._walltime()
+                    c["walltime_s"] = self._walltime()
                     self._save(comps)
                     saved = True
-                    summary = make_summary(
-                        config=resolved,
-                        run_dir=self.run_dir,
-                        encoder=comps.encoder_info,
-                        frames=self.counters["frames"],
-                        updates=self.counters["updates"],
-                        episodes=self.counters["episodes"],
-                        walltime_s=self.counters["walltime_s"],
-                        evaluations=self.evaluations,
-                        final=self.final_eval,
-                        status=status,
-                    )
+                except BaseException as err:
+                    error = err
+            if error is None:
+                finished = c["frames"] >= cfg.total_frames and not self.stopping
+                self.status = "finished" if finished else "interrupted"
+                self.reason = None if finished else f"stop requested ({self._stop_reason})"
+            else:
+                self.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                self.reason = f"{type(error).__name__}: {error}"
+                logger.error(
+                    "run failed at %d frames, %d updates: %s",
+                    c["frames"],
+                    c["updates"],
+                    self.reason,
+                )
+                if started:
+                    self._crash_checkpoint(comps, error)
+            if started:
+                c["walltime_s"] = self._walltime()
+                summary = make_summary(
+                    config=resolved,
+                    run_dir=self.run_dir,
+                    encoder=comps.encoder_info,
+                    frames=c["frames"],
+                    updates=c["updates"],
+                    episodes=c["episodes"],
+                    walltime_s=c["walltime_s"],
+                    evaluations=self.evaluations,
+                    final=self.final_eval,
+                    status=self.status,
+                    reason=self.reason,
+                )
+                try:
                     write_summary(self.run_dir / "summary.json", summary)
-                finally:
-                    self.logs.close()
-                    # The checkpoint holds the buffer; the working memmaps are not needed anymore.
-                    if saved and not cfg.replay.scratch_dir and cfg.checkpoint.save_replay:
-                        shutil.rmtree(self.run_dir / "replay_scratch", ignore_errors=True)
-                    if self._eval_env is not None:
-                        with contextlib.suppress(Exception):
-                            self._eval_env.close()
-            if collector is not None:
+                except OSError as err:
+                    logger.error("could not write summary.json: %s", err)
+        finally:
+            if hasattr(self, "logs"):
+                self.logs.close()
+            if comps is not None:
+                close = getattr(comps.replay, "close", None)
+                if callable(close):
+                    with contextlib.suppress(Exception):
+                        close()
+            # The checkpoint holds the buffer; the working memmaps are not needed anymore.
+            if saved and not cfg.replay.scratch_dir and cfg.checkpoint.save_replay:
+                shutil.rmtree(self.run_dir / "replay_scratch", ignore_errors=True)
+            if self._eval_env is not None:
                 with contextlib.suppress(Exception):
-                    collector.shutdown()
-            logger.info("run %s (%s): %s", status, self._stop_reason or "done", self.run_dir)
-            logging.getLogger("torchrl_rise").removeHandler(handler)
-            handler.close()
-        return summary
+                    self._eval_env.close()
+        return summary, error
+
+    def _crash_checkpoint(self, comps: Components, error: BaseException) -> None:
+        """After an error: a crash checkpoint if the state is consistent, else none (and why)."""
+        if not _collected_anything(self):
+            return
+        if isinstance(error, DiskFullError) or is_disk_full(error):
+            logger.error("disk full: no crash checkpoint; the last regular one is intact")
+            return
+        if not self._consistent:
+            logger.error(
+                "the error interrupted a step (the replay or the weights are half updated): no "
+                "crash checkpoint; resume from the last regular one"
+            )
+            return
+        try:
+            path = self._save(comps, crash=True)
+        except Exception as err:
+            logger.error("could not write a crash checkpoint: %s", err)
+            return
+        logger.error(
+            "crash checkpoint %s written; resume=true ignores it, resume=%s uses it", path, path
+        )
+
+    def _batches(self, collector) -> Iterator[Any]:
+        """The collector's batches; an error after a stop request ends them instead of the run.
+
+        A scheduler's SIGTERM often reaches the collector's worker processes too, which then die
+        while this process is still finishing its step: the collector fails at the next batch,
+        at a step boundary, and the stop goes on as requested (checkpoint, ``interrupted``).
+        """
+        batches = iter(collector)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:
+                if not self.stopping:
+                    raise
+                logger.warning(
+                    "the collector failed after the stop request (%s: %s), e.g. its workers got "
+                    "the signal too; stopping here",
+                    type(err).__name__,
+                    err,
+                )
+                self._collector_failed = True
+                return
+            yield batch
 
     def _loop(self, comps: Components, collector, frame_skip: int) -> None:
         cfg = self.cfg
@@ -517,10 +867,13 @@ class Trainer:
             last_bar = time.perf_counter()
             if c["frames"] >= cfg.total_frames:
                 return
-            for batch in collector:
+            if c["frames"] >= c["next_eval"] and c["frames"] and not self.stopping:
+                self._evaluate(comps)  # abandoned by the stop request that saved this checkpoint
+            for batch in self._batches(collector):
                 if batch.ndim == 3:  # Ray: [workers, envs per worker, T]
                     batch = batch.reshape(-1, batch.shape[-1])
                 steps = batch.numel()
+                self._consistent = False  # until the step's updates are done
                 comps.replay.extend(batch)
                 self._track_episodes(batch, comps.env_info)
                 c["env_steps"] += steps
@@ -537,6 +890,7 @@ class Trainer:
                         collector.update_policy_weights_()
                 else:
                     reset_noise(comps.net)  # fresh acting noise while the buffer fills
+                self._consistent = True
 
                 now = time.perf_counter()
                 bar.update(steps * frame_skip)
@@ -561,7 +915,7 @@ class Trainer:
                     last_log_t, last_log_frames = now, c["frames"]
                     c["next_log"] = _next_multiple(c["frames"], cfg.logging.interval_frames)
                 done = c["frames"] >= cfg.total_frames
-                if c["frames"] >= c["next_eval"] and not done:
+                if c["frames"] >= c["next_eval"] and not done and not self.stopping:
                     t_eval = time.perf_counter()
                     self._evaluate(comps)
                     last_log_t += time.perf_counter() - t_eval  # fps counts training time only
@@ -572,6 +926,17 @@ class Trainer:
                     last_log_t += time.perf_counter() - t_save
                 if done or self.stopping:
                     break
+            else:
+                if getattr(self, "_collector_failed", False):
+                    return
+                got = c["iterations"] - self._iterations_at_start
+                raise CollectorExhaustedError(
+                    f"the collector stopped after {got} batches, at {c['frames']} of "
+                    f"total_frames={cfg.total_frames} frames ({c['updates']} updates)"
+                    + (": it yielded nothing" if got == 0 else "")
+                    + ". A run only finishes once it collected total_frames; check the "
+                    "collector's total_frames and the env workers' logs."
+                )
 
 
 def _next_multiple(frames: int, interval: int) -> int:
@@ -594,6 +959,81 @@ def default_num_threads(cfg: TrainConfig) -> int:
 def _collected_anything(trainer: Trainer) -> bool:
     """Whether the loop collected anything (worth a checkpoint after a crash)."""
     return trainer.counters["env_steps"] > 0 and hasattr(trainer, "_t0")
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """``mkdir -p path``; return the topmost directory this call created (``None``: none)."""
+    path = Path(path)
+    top = None
+    probe = path
+    while not probe.exists():
+        top = probe
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def _device_of(path: Path) -> int | None:
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return probe.stat().st_dev
+    except OSError:
+        return None
+
+
+def _nbytes(tensors: Any) -> int:
+    if isinstance(tensors, torch.Tensor):
+        return tensors.numel() * tensors.element_size()
+    if isinstance(tensors, dict):
+        return sum(_nbytes(v) for v in tensors.values())
+    if isinstance(tensors, (list, tuple)):
+        return sum(_nbytes(v) for v in tensors)
+    return 0
+
+
+def disk_budget(
+    cfg: TrainConfig, comps: Components, *, frame_skip: int, incremental: bool
+) -> dict[str, Any]:
+    """Bytes a run puts on disk: replay scratch memmaps and the checkpoints kept at once.
+
+    ``checkpoint.keep`` checkpoints are kept, plus one being written during a save. Each holds
+    the model, target and Adam state (weights + two moments) and, with ``save_replay``, the
+    replay: a full copy each, or (incremental snapshots in a chunk store) one full snapshot plus,
+    per checkpoint, the chunks written since the previous one (``checkpoint.interval_frames``
+    worth of transitions, rounded up to a chunk per env lane).
+
+    Returns:
+        ``{"scratch", "state", "replay_per_checkpoint", "checkpoints", "incremental"}``.
+    """
+    replay = comps.replay
+    per_t = int(getattr(replay, "nbytes_per_transition", 0) or 0)
+    nbytes = int(getattr(replay, "nbytes", 0) or per_t * int(replay.capacity))
+    trainable = sum(
+        p.numel() * p.element_size() for p in comps.loss.parameters() if p.requires_grad
+    )
+    state = _nbytes(comps.actor.state_dict()) + _nbytes(comps.loss.state_dict()) + 2 * trainable
+    copies = cfg.checkpoint.keep + 1
+    replay_each = 0
+    full = 0
+    if cfg.checkpoint.save_replay:
+        if incremental:
+            chunk = int(getattr(replay, "chunk_nbytes", 0) or 0)
+            per_interval = math.ceil(cfg.checkpoint.interval_frames / frame_skip) * per_t
+            replay_each = min(nbytes, per_interval + cfg.env.num_envs * chunk)
+            full = nbytes
+        else:
+            replay_each = nbytes
+    return {
+        "scratch": nbytes,
+        "state": state,
+        "replay_per_checkpoint": replay_each,
+        "checkpoints": full + copies * (replay_each + state),
+        "incremental": incremental,
+    }
 
 
 @contextlib.contextmanager
