@@ -5,6 +5,7 @@ replay, train with SequenceIQNLoss. The cue is shown at step 0 and asked for at 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -87,6 +88,7 @@ def test_training_learns_the_cue(tmp_path):
     """About a minute on one CPU core: success well above chance (0.5), loss decreasing."""
     out = train(tmp_path, frames=E * 5 * 300)
     losses = out["losses"]
-    print(f"success {out['success']:.2f} in {out['seconds']:.0f} s, {len(losses)} updates")
-    assert _mean(losses[-50:]) < _mean(losses[:50])
-    assert out["success"] >= 0.8
+    summary = f"success {out['success']:.2f} in {out['seconds']:.0f} s, {len(losses)} updates"
+    logging.getLogger(__name__).info(summary)
+    assert _mean(losses[-50:]) < _mean(losses[:50]), summary
+    assert out["success"] >= 0.8, summary
