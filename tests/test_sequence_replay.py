@@ -220,7 +220,7 @@ def test_sequences_equal_brute_force_over_episodes_lanes_and_seam(tmp_path):
 
 def test_batch_layout_and_sampling(tmp_path):
     gen = torch.Generator().manual_seed(1)
-    rb = _buffer(tmp_path, capacity=3 * 40)
+    rb = _buffer(tmp_path, capacity=3 * 40, alpha=1.0)  # alpha 1: a decisive priority test
     rb.extend(_data(3, 30, 0, gen=gen))
     batch = rb.sample()
     T = rb.sequence_length
@@ -232,12 +232,18 @@ def test_batch_layout_and_sampling(tmp_path):
     prio = torch.full((every.numel(),), 1e-8)
     prio[3] = 1e6
     rb.update_priority(every, prio)
-    rb.sampler._alpha = 1.0  # make the draw decisive (the tree stores priorities ** alpha)
-    rb.update_priority(every, prio)
     assert set(rb.sample()["index"].tolist()) == {int(every[3])}
+    # BTR's importance weights through the same sampler: (P(i) / min_batch P) ** -alpha
+    rb.update_priority(every, torch.linspace(0.5, 4.0, every.numel()))
     batch = rb.sample()
-    batch["td_error"] = torch.rand(8)
+    tree = rb.sampler.tree_values(batch["index"]).double()
+    want = (tree / tree.min()) ** -1.0
+    torch.testing.assert_close(batch["_weight"].double(), want, rtol=1e-5, atol=1e-6)
+    batch["td_error"] = batch["index"].float() / 100 + 0.1  # (a slot drawn twice: same value)
     rb.update_tensordict_priority(batch)
+    torch.testing.assert_close(
+        rb.sampler.tree_values(batch["index"]), (batch["td_error"] + 1e-6) ** 1.0
+    )
     rb.close()
 
 
