@@ -11,6 +11,7 @@ from torchrl_rise.replay.buffer import (
     ScratchInUseError,
 )
 from torchrl_rise.replay.sampler import ReadinessSampler
+from torchrl_rise.replay.sequence import SequenceReplayBuffer
 from torchrl_rise.replay.snapshot import prune_chunk_store
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "ReadinessSampler",
     "RiseReplayBuffer",
     "ScratchInUseError",
+    "SequenceReplayBuffer",
     "prune_chunk_store",
 ]
