@@ -8,6 +8,7 @@ The Ray tests run a local cluster (2 CPUs, no dashboard) and skip when ray is no
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from torchrl_rise.training import ConfigError, Trainer, load_config
 from torchrl_rise.training.builders import EnvFactory, build_collector, build_components
-from torchrl_rise.training.collectors import LaneOrderedCollector
+from torchrl_rise.training.collectors import LaneOrderedCollector, WeightMirror, acting_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -139,6 +140,38 @@ def test_adapter_copies_the_learner_weights_into_the_remote_copy_before_pushing(
     assert float(remote[0].eps) == 0.25
 
 
+def test_acting_copy_bakes_spectral_norm_and_the_mirror_follows_the_learner():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    learner = nn.Sequential(spectral_norm(nn.Linear(5, 4)), nn.ReLU(), nn.Linear(4, 2))
+    learner(torch.randn(3, 5))  # a training-mode forward: one power iteration
+    with pytest.raises(RuntimeError, match="parametrized modules"):
+        pickle.dumps(learner)
+    worker = pickle.loads(pickle.dumps(acting_copy(learner)))
+    assert "0.weight" in dict(worker.named_parameters())
+    x = torch.randn(6, 5)
+
+    def evaluated(module):
+        module.eval()
+        try:
+            return module(x)
+        finally:
+            module.train()
+
+    torch.testing.assert_close(worker(x), evaluated(learner))
+    mirror = WeightMirror(learner, worker)
+    with torch.no_grad():
+        learner[0].parametrizations.weight.original.mul_(3.0)
+        learner[2].bias.add_(1.0)
+    u = learner[0].parametrizations.weight[0]._u.clone()
+    mirror.copy_()
+    torch.testing.assert_close(worker(x), evaluated(learner))
+    assert torch.equal(learner[0].parametrizations.weight[0]._u, u)  # no power iteration
+    assert learner[0].parametrizations.weight.training  # modes restored
+    with pytest.raises(ValueError, match="no counterpart"):
+        WeightMirror(nn.Linear(5, 4), nn.Sequential(nn.Linear(5, 4)))
+
+
 def test_adapter_rejects_bad_options():
     with pytest.raises(ValueError, match="weight_sync_interval must be an integer >= 1"):
         LaneOrderedCollector(_FakeCollector(1, 1, 1), num_envs=1, weight_sync_interval=0)
@@ -214,6 +247,7 @@ def test_ray_collector_keeps_env_lanes_and_pushes_weights_every_interval(tmp_pat
             "collector.num_workers=2",
             "collector.steps_per_batch=2",
             "collector.weight_sync_interval=2",
+            "network.kwargs.spectral_norm=true",  # BTR's default: not picklable as it is
         )
     )
     comps = build_components(cfg, scratch_dir=tmp_path / "scratch")
@@ -239,16 +273,22 @@ def test_ray_collector_keeps_env_lanes_and_pushes_weights_every_interval(tmp_pat
         def remote_weights(worker: int) -> TensorDict:
             return TensorDict.from_module(collector.get_distant_attr("policy")[worker]).data
 
-        local = TensorDict.from_module(comps.actor).data
-        assert (remote_weights(0) == local).all()  # the workers start from the learner's weights
+        # The workers act with acting_copy(actor) (spectral norm baked), kept as the learner's.
+        sent = TensorDict.from_module(collector.remote_policy).data
+        assert (remote_weights(0) == sent).all()  # the workers start from the learner's weights
         with torch.no_grad():
             comps.actor.module[-1].eps.fill_(0.125)
-            next(comps.net.parameters()).add_(1.0)
+            for param in comps.net.parameters():
+                param.add_(0.5)
         assert not collector.update_policy_weights_()  # 1st request of 2: nothing sent
         assert float(remote_weights(1)["module", "2", "eps"]) != 0.125
+        before = sent.clone()
         assert collector.update_policy_weights_()
+        assert float(sent["module", "2", "eps"]) == 0.125
+        changed = [k for k, v in sent.items(True, True) if not torch.equal(v, before.get(k))]
+        assert len(changed) > 10  # every weight moved, baked spectral-norm ones included
         for worker in (0, 1):
-            assert (remote_weights(worker) == local).all(), worker
+            assert (remote_weights(worker) == sent).all(), worker
     finally:
         collector.shutdown()
 
@@ -319,3 +359,23 @@ def test_ray_training_long_fractional_ratio_and_sparse_weight_sync(tmp_path, ray
     assert counts == _counters(direct)
     assert counts["frames"] == 4096
     assert counts["updates"] == expected_updates(ray_run.cfg, 4096) > 0
+
+
+def test_multi_sync_trains_with_spectral_norm_and_counts_like_direct(tmp_path):
+    # BTR's spectral norm made the spawned workers' policy unpicklable; they now get acting_copy.
+    opts = ["total_frames=128", "network.kwargs.spectral_norm=true"]
+    direct = Trainer(make_cfg(tmp_path / "direct", *opts))
+    direct.run()
+    multi = Trainer(
+        make_cfg(
+            tmp_path / "multi",
+            *opts,
+            "collector.backend=multi_sync",
+            "collector.num_workers=2",
+            "collector.weight_sync_interval=3",
+        )
+    )
+    summary = multi.run()
+    assert summary["status"] == "finished"
+    assert _counters(multi) == _counters(direct)
+    assert _counters(multi)["updates"] == expected_updates(multi.cfg, 128) > 0

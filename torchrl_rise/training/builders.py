@@ -10,7 +10,6 @@ be synchronised; ``encoder.name=online`` is therefore restricted to the single-p
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,21 +224,6 @@ _RAY_UNBOUNDED_FRAMES = 2**62
 RAY_REMOTE_DEFAULT: dict[str, Any] = {"num_cpus": 1}
 
 
-def _contiguous_cpu_copy(policy: nn.Module) -> nn.Module:
-    """What the Ray workers are sent: a CPU copy of ``policy`` with contiguous tensors.
-
-    A CUDA module cannot be unpickled on a CPU-only node, and TorchRL's Ray weight sync sends
-    every tensor with ``torch.distributed`` (gloo), which refuses the channels-last CNN weights.
-    :class:`~torchrl_rise.training.collectors.LaneOrderedCollector` copies the learner's weights
-    into this copy before each push.
-    """
-    remote = copy.deepcopy(policy).to("cpu")
-    with torch.no_grad():
-        for tensor in (*remote.parameters(), *remote.buffers()):
-            tensor.data = tensor.data.contiguous()
-    return remote
-
-
 def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, policy: nn.Module):
     """The TorchRL collector of ``cfg.collector.backend``; each batch is ``[num_envs, T]``.
 
@@ -260,7 +244,7 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
 
     ``T`` is ``collector.steps_per_batch`` (1: one vector step per batch, one update after it).
     """
-    from torchrl_rise.training.collectors import LaneOrderedCollector
+    from torchrl_rise.training.collectors import LaneOrderedCollector, acting_copy
 
     co = cfg.collector
     frames_per_batch = cfg.env.num_envs * co.steps_per_batch
@@ -286,12 +270,15 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     if co.backend == "multi_sync":
         from torchrl.collectors import MultiSyncCollector
 
-        inner = MultiSyncCollector(env_fns, policy, cat_results=0, **common)
+        # The workers are spawned: they get a picklable copy (spectral norm baked in).
+        remote_policy = acting_copy(policy)
+        inner = MultiSyncCollector(env_fns, remote_policy, cat_results=0, **common)
         return LaneOrderedCollector(
             inner,
             num_envs=cfg.env.num_envs,
             weight_sync_interval=co.weight_sync_interval,
             policy=policy,
+            remote_policy=remote_policy,
         )
     if co.backend == "ray":
         return _build_ray_collector(cfg, env_fns, policy, frames_per_batch=frames_per_batch)
@@ -309,13 +296,17 @@ def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames
         ) from err
     from torchrl.collectors.distributed import RayCollector
 
-    from torchrl_rise.training.collectors import LaneOrderedCollector, RemoteCollector
+    from torchrl_rise.training.collectors import (
+        LaneOrderedCollector,
+        RemoteCollector,
+        acting_copy,
+    )
 
     co = cfg.collector
     remote = dict(co.ray_remote) or dict(RAY_REMOTE_DEFAULT)
     # The remote collectors act on the CPU unless their actors were given GPUs.
     remote_device = cfg.device if remote.get("num_gpus") else "cpu"
-    remote_policy = _contiguous_cpu_copy(policy)
+    remote_policy = acting_copy(policy)
     inner = RayCollector(
         env_fns,
         remote_policy,

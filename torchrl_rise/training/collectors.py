@@ -12,24 +12,130 @@ that it calls after each batch that ran gradient updates, and ``shutdown()``.
 - Weights are pushed to the workers on every ``weight_sync_interval``-th request of the loop
   (``collector.weight_sync_interval``; 1: after every batch that ran an update, as the
   single-process collector sees them).
-- The Ray workers get a CPU copy of the policy with contiguous tensors (a CUDA module cannot be
-  unpickled on a CPU-only node, and the weight sync's gloo transport refuses channels-last
-  tensors); the adapter copies the learner's weights into that copy before each push.
+- The workers are sent :func:`acting_copy` of the policy, not the learner's module: parametrized
+  modules (BTR's spectral norm) cannot be pickled, a CUDA module cannot be unpickled on a CPU-only
+  node, and the Ray weight sync's gloo transport refuses channels-last tensors. The adapter copies
+  the learner's weights into that copy before each push (spectral-normalised weights as the
+  learner evaluates them: ``W / sigma`` with its current power-iteration vectors, unchanged).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from tensordict import TensorDict, TensorDictBase
+import torch
+from tensordict import TensorDictBase
 from torch import nn
+from torch.nn.utils import parametrize
 from torchrl.collectors import Collector
 
-__all__ = ["LaneOrderedCollector", "RemoteCollector"]
+__all__ = ["LaneOrderedCollector", "RemoteCollector", "acting_copy"]
 
 logger = logging.getLogger(__name__)
+
+
+def acting_copy(policy: nn.Module) -> nn.Module:
+    """A picklable CPU copy of ``policy`` for collector workers.
+
+    Parametrizations (spectral norm) are baked into plain weights, and every tensor is made
+    contiguous. Keep it in sync with :class:`WeightMirror` (``LaneOrderedCollector`` does).
+
+    Example:
+        >>> import pickle
+        >>> from torch.nn.utils.parametrizations import spectral_norm
+        >>> net = nn.Sequential(spectral_norm(nn.Linear(3, 2)))
+        >>> copy_ = acting_copy(net)
+        >>> sorted(name for name, _ in copy_.named_parameters())
+        ['0.bias', '0.weight']
+        >>> _ = pickle.dumps(copy_)  # pickle.dumps(net) raises
+    """
+    remote = copy.deepcopy(policy).to("cpu")
+    with torch.no_grad():
+        for module in list(remote.modules()):
+            if parametrize.is_parametrized(module):
+                _bake_parametrizations(module)
+        for tensor in (*remote.parameters(), *remote.buffers()):
+            tensor.data = tensor.data.contiguous()
+    WeightMirror(policy, remote).copy_()  # baked weights as the learner evaluates them
+    return remote
+
+
+def _bake_parametrizations(module: nn.Module) -> None:
+    """Turn ``module``'s parametrized tensors into plain parameters, in place.
+
+    Not ``torch.nn.utils.parametrize.remove_parametrizations``: a deep copy shares its
+    ``Parametrized<Module>`` class with the original, and that function deletes the class's
+    properties, which would break the learner's module.
+    """
+    values = {}
+    for name, plist in module.parametrizations.items():
+        original = getattr(plist, "original", None)
+        requires_grad = True if original is None else original.requires_grad
+        values[name] = (getattr(module, name).detach().clone(), requires_grad)
+    del module._modules["parametrizations"]
+    module.__class__ = type(module).__bases__[0]  # the class before parametrization
+    for name, (value, requires_grad) in values.items():
+        module.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
+
+
+class WeightMirror:
+    """Copies a module's weights into an :func:`acting_copy` of it.
+
+    Tensors of the same name are copied; a baked parametrized weight gets the learner's
+    parametrized value computed with its parametrizations in eval mode (for spectral norm:
+    ``W / sigma`` from the stored power-iteration vectors, which are left as they are).
+
+    Args:
+        source: the learner's module.
+        target: the copy (same structure, parametrizations removed).
+    """
+
+    def __init__(self, source: nn.Module, target: nn.Module) -> None:
+        self.source = source
+        self.target = target
+        src = self._tensors(source)
+        modules = dict(source.named_modules())
+        self.copied: list[str] = []
+        self.baked: list[tuple[str, str, str]] = []  # (target name, source module, attribute)
+        for name in self._tensors(target):
+            if name in src:
+                self.copied.append(name)
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = modules.get(module_name)
+            if module is None or not parametrize.is_parametrized(module, attr):
+                raise ValueError(
+                    f"{name!r} of the workers' policy has no counterpart in the learner's: the "
+                    "copy must come from acting_copy(learner policy)."
+                )
+            self.baked.append((name, module_name, attr))
+
+    @staticmethod
+    def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+    @torch.no_grad()
+    def copy_(self) -> None:
+        """Copy the source's current weights into the target, in place."""
+        src = self._tensors(self.source)
+        dst = self._tensors(self.target)  # looked up each time: collectors may move buffers
+        for name in self.copied:
+            dst[name].copy_(src[name])
+        modules = dict(self.source.named_modules()) if self.baked else {}
+        for name, module_name, attr in self.baked:
+            module = modules[module_name]
+            plist = module.parametrizations[attr]
+            modes = [(m, m.training) for m in plist.modules()]
+            plist.eval()  # no power iteration: the learner's vectors stay as they are
+            try:
+                value = getattr(module, attr)
+            finally:
+                for m, training in modes:
+                    m.training = training
+            dst[name].copy_(value)
 
 
 class LaneOrderedCollector:
@@ -44,8 +150,8 @@ class LaneOrderedCollector:
         weight_sync_interval: push the weights on every N-th :meth:`update_policy_weights_` call.
         policy: the learner's acting policy (its weights are the ones pushed).
         remote_policy: the module the collector sends weights from, when it is not ``policy``
-            (the CPU copy the Ray workers were built from); ``policy``'s weights are copied into
-            it before each push.
+            (the :func:`acting_copy` the workers were built from); ``policy``'s weights are
+            copied into it before each push.
 
     Example:
         >>> import torch
@@ -87,6 +193,9 @@ class LaneOrderedCollector:
         self.weight_sync_interval = weight_sync_interval
         self.policy = policy
         self.remote_policy = remote_policy if remote_policy is not policy else None
+        self._mirror = (
+            WeightMirror(policy, self.remote_policy) if self.remote_policy is not None else None
+        )
         self.sync_requests = 0
         self.weight_pushes = 0
 
@@ -105,9 +214,8 @@ class LaneOrderedCollector:
 
     def push_weights(self) -> None:
         """Send the learner's current weights to every worker now."""
-        if self.remote_policy is not None:
-            source = TensorDict.from_module(self.policy).data
-            TensorDict.from_module(self.remote_policy).data.update_(source)
+        if self._mirror is not None:
+            self._mirror.copy_()
         self.collector.update_policy_weights_()
         self.weight_pushes += 1
 
