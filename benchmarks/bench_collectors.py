@@ -40,6 +40,7 @@ from torchrl_rise.training import load_config
 from torchrl_rise.training.builders import build_collector, build_components
 
 CASES = [("direct", 1), ("multi_sync", 1), ("multi_sync", 2), ("ray", 1), ("ray", 2)]
+RAY_CPUS = 4
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
 
 
@@ -128,7 +129,8 @@ def main() -> int:
     import ray
 
     torch.set_num_threads(1)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # Logical CPUs: the 1-, and 2-worker Ray collectors (one CPU per actor) are alive together.
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
     rows = []
     weights = []
     load = [os.getloadavg()[0]]
@@ -202,7 +204,7 @@ weights, 84x84 grayscale, stack 4; memory: `cue-L20`, 32x32, 8x8 thumbnail encod
 {args.envs} envs through `build_collector`, no learning. All collectors of a suite are alive at once
 and the timed chunks run interleaved (round-robin, order rotated each round); medians over the
 rounds of one chunk of collector batches (one vector step each). Start-up is not timed. Ray: a
-local cluster (`ray.init(num_cpus={os.cpu_count()})`) on the same machine, so its figures show the
+local cluster (`ray.init(num_cpus={RAY_CPUS})`, logical CPUs) on the same machine, so its figures show the
 per-batch overhead (object store, actor calls), not a multi-node gain. The 2-core machine is shared:
 1-minute load average {" -> ".join(f"{x:.1f}" for x in load)} over the run ({minutes:.1f} min).
 

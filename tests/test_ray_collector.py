@@ -256,9 +256,13 @@ def test_ray_collector_keeps_env_lanes_and_pushes_weights_every_interval(tmp_pat
         assert isinstance(collector, LaneOrderedCollector)
         got = []
         for batch in collector:
-            # RiseContextTransform ran in the remote envs: the acting policy saw the context.
+            # RiseContextTransform ran in the remote envs; its [K, D] windows, which the replay
+            # does not read, stayed there.
             assert batch.batch_size == torch.Size([4, 2])
-            assert batch.get("rise_context").shape[:3] == (4, 2, cfg.encoder.context_length)
+            emb = comps.encoder_info["embedding_dim"]
+            assert batch.get("rise_embedding").shape == (4, 2, emb)
+            assert "rise_context" not in batch.keys()  # noqa: SIM118 (TensorDict keys)
+            assert "rise_context" not in batch["next"].keys()  # noqa: SIM118
             got.append(batch.get(("next", "pixels")).clone())
             if len(got) == 6:
                 break

@@ -285,6 +285,29 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     raise ConfigError(f"unknown collector.backend {co.backend!r}")
 
 
+def _warn_if_cluster_too_small(num_workers: int, remote: dict[str, Any]) -> None:
+    """Ray waits, silently and forever, for resources an actor asks for and no node has."""
+    import ray
+
+    available = ray.cluster_resources()
+    for resource in ("num_cpus", "num_gpus"):
+        need = float(remote.get(resource) or 0) * num_workers
+        have = float(available.get("CPU" if resource == "num_cpus" else "GPU", 0))
+        if need > have:
+            logger.warning(
+                "collector.num_workers=%d actors asking for %s=%s each need %g, the Ray cluster "
+                "has %g: collection waits until nodes join. On one machine, lower "
+                "collector.ray_remote.%s (e.g. 0.5) or start Ray with more logical CPUs "
+                "(collector.ray_init.num_cpus).",
+                num_workers,
+                resource,
+                remote.get(resource),
+                need,
+                have,
+                resource,
+            )
+
+
 def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames_per_batch: int):
     try:
         import_optional("ray", extra="ray", purpose="collector.backend=ray")
@@ -297,6 +320,8 @@ def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames
     from torchrl.collectors.distributed import RayCollector
 
     from torchrl_rise.training.collectors import (
+        LEARNER_UNUSED_KEYS,
+        DropKeys,
         LaneOrderedCollector,
         RemoteCollector,
         acting_copy,
@@ -311,7 +336,12 @@ def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames
         env_fns,
         remote_policy,
         collector_class=RemoteCollector,
-        collector_kwargs={"auto_register_policy_transforms": False, "track_traj_ids": False},
+        collector_kwargs={
+            "auto_register_policy_transforms": False,
+            "track_traj_ids": False,
+            # run in the worker: what the learner does not read does not cross the network
+            "postproc": DropKeys(LEARNER_UNUSED_KEYS),
+        },
         frames_per_batch=frames_per_batch,
         total_frames=_RAY_UNBOUNDED_FRAMES,
         env_device="cpu",
@@ -321,6 +351,7 @@ def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames
         ray_init_config=dict(co.ray_init) or None,
         remote_configs=remote,
     )
+    _warn_if_cluster_too_small(co.num_workers, remote)
     collector = LaneOrderedCollector(
         inner,
         num_envs=cfg.env.num_envs,

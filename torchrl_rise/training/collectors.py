@@ -32,7 +32,25 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torchrl.collectors import Collector
 
-__all__ = ["LaneOrderedCollector", "RemoteCollector", "acting_copy"]
+from torchrl_rise import keys
+
+__all__ = [
+    "LEARNER_UNUSED_KEYS",
+    "DropKeys",
+    "LaneOrderedCollector",
+    "RemoteCollector",
+    "acting_copy",
+]
+
+# Entries of a collector batch that neither the replay nor the loop reads: the [K, D] context
+# windows (the replay stores each embedding once and rebuilds the windows). Ray workers drop them
+# before sending: 160 of the 227 KiB per transition of the Atari RISE recipe (K=80, 512-d fp16).
+LEARNER_UNUSED_KEYS = (
+    keys.CONTEXT,
+    keys.CONTEXT_MASK,
+    ("next", keys.CONTEXT),
+    ("next", keys.CONTEXT_MASK),
+)
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +264,26 @@ class LaneOrderedCollector:
             f"{type(self).__name__}({type(self.collector).__name__}, num_envs={self.num_envs}, "
             f"weight_sync_interval={self.weight_sync_interval})"
         )
+
+
+class DropKeys:
+    """Picklable batch post-processor: the batch without ``keys`` (missing ones are ignored).
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict({"a": torch.zeros(2), "next": {"a": torch.zeros(2)}}, batch_size=[2])
+        >>> sorted(DropKeys([("next", "a"), "b"])(td).keys(True, True))
+        ['a']
+    """
+
+    def __init__(self, keys: list | tuple) -> None:
+        self.keys = [tuple(k) if isinstance(k, list) else k for k in keys]
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        return td.exclude(*self.keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.keys})"
 
 
 class RemoteCollector(Collector):
