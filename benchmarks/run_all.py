@@ -9,7 +9,8 @@ other down), and rewrites only its own section of docs/benchmarks.md, stamped wi
 machine. RISE vs BTR vs the recurrent baseline appear as ratios measured in the same run:
 "learner" (time per gradient update, sampling excluded and included), "training" (collection +
 learning per vector step, per recipe), "encoders" (frozen-encoder throughput and the collector slowdown
-of RiseContextTransform), "replay" (footprint and sampling) and "envs" (steps/s per suite).
+of RiseContextTransform), "replay" (footprint and sampling), "envs" (steps/s per suite) and
+"collectors" (direct vs multi_sync vs Ray collection, and the bytes of a batch; needs ``ray``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "encoders": ["bench_encoders.py"],
     "training": ["bench_training.py", "--collect", "5", "--learn", "5"],
     "envs": ["bench_envs.py"],
+    "collectors": ["bench_collectors.py"],
 }
 
 

@@ -365,21 +365,40 @@ def test_ray_training_long_fractional_ratio_and_sparse_weight_sync(tmp_path, ray
     assert counts["updates"] == expected_updates(ray_run.cfg, 4096) > 0
 
 
-def test_multi_sync_trains_with_spectral_norm_and_counts_like_direct(tmp_path):
-    # BTR's spectral norm made the spawned workers' policy unpicklable; they now get acting_copy.
-    opts = ["total_frames=128", "network.kwargs.spectral_norm=true"]
-    direct = Trainer(make_cfg(tmp_path / "direct", *opts))
-    direct.run()
-    multi = Trainer(
+def test_multi_sync_workers_act_with_the_pushed_weights(tmp_path):
+    # BTR's spectral norm made the spawned workers' policy unpicklable; they now get acting_copy,
+    # and the pushes reach it.
+    cfg = load_config(
         make_cfg(
-            tmp_path / "multi",
-            *opts,
+            tmp_path,
+            "method=btr",
             "collector.backend=multi_sync",
             "collector.num_workers=2",
-            "collector.weight_sync_interval=3",
+            "collector.steps_per_batch=4",
+            "collector.weight_sync_interval=2",
+            "network.kwargs.spectral_norm=true",
         )
     )
-    summary = multi.run()
-    assert summary["status"] == "finished"
-    assert _counters(multi) == _counters(direct)
-    assert _counters(multi)["updates"] == expected_updates(multi.cfg, 128) > 0
+    comps = build_components(cfg, scratch_dir=tmp_path / "scratch")
+    collector = build_collector(cfg, seed=3, encoder=comps.encoder, policy=comps.actor)
+    try:
+        batches = iter(collector)
+
+        def actions(n: int = 2) -> torch.Tensor:
+            return torch.cat([next(batches).get("action").reshape(-1) for _ in range(n)])
+
+        assert actions().unique().numel() == 2  # eps = 1: uniformly random actions
+        # A learner whose Q-values are all equal (head and biases zero; the spectral-normalised
+        # convs keep their weights, W / sigma of zeros is undefined) and eps 0: always action 0.
+        with torch.no_grad():
+            for name, param in comps.net.named_parameters():
+                if "parametrizations" not in name:
+                    param.zero_()
+            comps.actor.module[-1].eps.zero_()
+        assert not collector.update_policy_weights_()  # 1st request of 2: nothing sent
+        assert actions().unique().numel() == 2
+        assert collector.update_policy_weights_()
+        actions(1)  # a batch the workers may have started before the push
+        assert actions().unique().tolist() == [0]
+    finally:
+        collector.shutdown()
