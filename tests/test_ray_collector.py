@@ -263,6 +263,7 @@ def test_ray_collector_keeps_env_lanes_and_pushes_weights_every_interval(tmp_pat
             assert batch.get("rise_embedding").shape == (4, 2, emb)
             assert "rise_context" not in batch.keys()  # noqa: SIM118 (TensorDict keys)
             assert "rise_context" not in batch["next"].keys()  # noqa: SIM118
+            assert "rise_gate" not in batch.keys()  # noqa: SIM118 (acting diagnostics)
             got.append(batch.get(("next", "pixels")).clone())
             if len(got) == 6:
                 break

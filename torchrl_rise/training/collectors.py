@@ -43,13 +43,17 @@ __all__ = [
 ]
 
 # Entries of a collector batch that neither the replay nor the loop reads: the [K, D] context
-# windows (the replay stores each embedding once and rebuilds the windows). Ray workers drop them
-# before sending: 160 of the 227 KiB per transition of the Atari RISE recipe (K=80, 512-d fp16).
+# windows (the replay stores each embedding once and rebuilds the windows) and the acting
+# network's per-step diagnostics. Ray workers drop them before sending: 169 of the 227 KiB per
+# transition of the Atari RISE recipe (K=80, 512-d fp16; docs/benchmarks.md "collectors").
 LEARNER_UNUSED_KEYS = (
     keys.CONTEXT,
     keys.CONTEXT_MASK,
     ("next", keys.CONTEXT),
     ("next", keys.CONTEXT_MASK),
+    keys.GATE,
+    keys.QUANTILES,
+    keys.TAUS,
 )
 
 logger = logging.getLogger(__name__)
