@@ -78,7 +78,7 @@ def _bytes_per_transition(batch, comps) -> dict[str, float]:
 def bench_suite(suite: str, *, envs: int, batches: int, rounds: int, scratch: str):
     built = {}
     comps = None
-    bytes_info = None
+    bytes_info: dict[str, dict[str, float]] = {}
     try:
         for backend, workers in CASES:
             cfg = _config(suite, envs, backend, workers, scratch)
@@ -88,8 +88,8 @@ def bench_suite(suite: str, *, envs: int, batches: int, rounds: int, scratch: st
             iterator = iter(collector)
             for _ in range(batches):  # warm-up chunk: first resets, lazy inits
                 batch = next(iterator)
-            if backend == "ray" and bytes_info is None:
-                bytes_info = _bytes_per_transition(batch, comps)
+            if backend in ("direct", "ray") and backend not in bytes_info:
+                bytes_info[backend] = _bytes_per_transition(batch, comps)
             built[(backend, workers)] = (collector, iterator)
             print(f"{suite}: built {backend} x{workers}", flush=True)
         rates: dict[tuple[str, int], list[float]] = {case: [] for case in built}
@@ -156,11 +156,12 @@ def main() -> int:
                             f"{rate / base:.2f}x",
                         ]
                     )
-                if nbytes:
+                if "ray" in nbytes:
+                    sent, full = nbytes["ray"], nbytes["direct"]
                     big = sorted(
                         (
                             (k, v)
-                            for k, v in nbytes.items()
+                            for k, v in sent.items()
                             if k not in ("total", "frame", "embedding")
                         ),
                         key=lambda kv: -kv[1],
@@ -168,9 +169,10 @@ def main() -> int:
                     weights.append(
                         [
                             suite,
-                            f"{nbytes['total'] / 1024:,.1f}",
+                            f"{full['total'] / 1024:,.1f}",
+                            f"{sent['total'] / 1024:,.1f}",
                             ", ".join(f"`{k}` {v / 1024:,.1f}" for k, v in big),
-                            f"{(nbytes['frame'] + nbytes['embedding']) / 1024:,.1f}",
+                            f"{(sent['frame'] + sent['embedding']) / 1024:,.1f}",
                         ]
                     )
                 load.append(os.getloadavg()[0])
@@ -192,8 +194,9 @@ def main() -> int:
     weight_table = markdown_table(
         [
             "suite",
-            "KiB per transition in a collector batch",
-            "largest entries (KiB)",
+            "KiB per transition, in-process batch",
+            "KiB per transition, sent by a Ray worker",
+            "largest entries sent (KiB)",
             "KiB the replay keeps (newest uint8 frame + fp16 embedding)",
         ],
         weights,
@@ -210,9 +213,12 @@ per-batch overhead (object store, actor calls), not a multi-node gain. The 2-cor
 
 {table}
 
-What a collector batch weighs (measured on a Ray batch): every transition carries the stacked frames
-and the `[K, D]` context window at the root and under `next`, which is what crosses the network
-from a Ray worker; the replay keeps only the newest frame and the newest embedding of each step.
+What a collector batch weighs per transition, measured on a batch of the direct collector and on one
+a Ray worker sent: the in-process batch carries the `[K, D]` context windows at the root and under
+`next` and the acting network's diagnostics, which Ray workers drop before sending
+(`torchrl_rise.training.collectors.LEARNER_UNUSED_KEYS`; the replay never reads them). What is left
+is mostly the stacked uint8 frames at the root and under `next`; the replay keeps only the newest
+frame and the newest embedding of each step.
 
 {weight_table}
 
