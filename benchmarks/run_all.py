@@ -11,7 +11,8 @@ machine. RISE vs BTR vs the recurrent baseline appear as ratios measured in the 
 learning per vector step, per recipe), "encoders" (frozen-encoder throughput and the collector slowdown
 of RiseContextTransform), "replay" (footprint and sampling), "checkpoint" (replay dumps and loads),
 "per" (the PER draw: BTR's rules vs TorchRL's), "sequence_replay" (the recurrent baseline's
-sequence batches vs RISE's transitions) and "envs" (steps/s per suite).
+sequence batches vs RISE's transitions), "envs" (steps/s per suite) and "collectors" (direct vs
+multi_sync vs Ray collection, and the bytes of a batch; needs ``ray``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "encoders": ["bench_encoders.py"],
     "training": ["bench_training.py", "--collect", "5", "--learn", "5"],
     "envs": ["bench_envs.py"],
+    "collectors": ["bench_collectors.py"],
 }
 
 

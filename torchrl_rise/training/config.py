@@ -191,13 +191,24 @@ class CollectorConfig:
             method), which every suite supports (MiniWorld's OpenGL hangs in forked workers).
         num_workers: worker processes (or Ray actors); must divide ``env.num_envs``.
         steps_per_batch: vector steps per collector batch (one update per vector step is kept).
-        ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``).
-        ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``).
+        weight_sync_interval: ``multi_sync`` and ``ray``: push the learner's weights (network,
+            noise, eps) to the workers after every N-th collector batch that ran gradient
+            updates (1: after every one, so workers act with the weights of the last batch;
+            with BTR's one update per vector step and ``steps_per_batch=1`` that is every N
+            updates). Larger values send fewer bytes over the network, and the workers act with
+            weights up to N update batches old. ``direct`` acts with the learner's own module,
+            so it must stay 1 there.
+        ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``; empty: the
+            cluster named by ``RAY_ADDRESS``, else a new local one).
+        ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``; empty: one CPU,
+            no GPU). The remote collectors' policy runs on ``device`` when ``num_gpus`` is set,
+            on the CPU otherwise.
     """
 
     backend: str = "direct"
     num_workers: int = 1
     steps_per_batch: int = 1
+    weight_sync_interval: int = 1
     ray_init: dict[str, Any] = field(default_factory=dict)
     ray_remote: dict[str, Any] = field(default_factory=dict)
 
@@ -456,6 +467,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"collector.backend must be one of {BACKENDS}, got {co.backend!r}.")
     _positive(co.num_workers, "collector.num_workers")
     _positive(co.steps_per_batch, "collector.steps_per_batch")
+    _positive(co.weight_sync_interval, "collector.weight_sync_interval")
+    if co.backend == "direct" and co.weight_sync_interval != 1:
+        raise ConfigError(
+            f"collector.weight_sync_interval={co.weight_sync_interval} has no effect with "
+            "collector.backend=direct, which acts with the learner's own network: leave it at 1, "
+            "or use collector.backend=multi_sync / ray."
+        )
     if co.backend == "direct" and co.num_workers != 1:
         raise ConfigError(
             f"collector.backend=direct runs in one process but collector.num_workers="
