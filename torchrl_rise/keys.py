@@ -41,4 +41,4 @@ GATE = "rise_gate"
 
 PRIORITY = "td_error"
 INDEX = "index"
-WEIGHT = "_weight"
+WEIGHT = "priority_weight"  # TorchRL >= 0.4 (PrioritizedSampler's info key)

@@ -24,7 +24,7 @@ from torchrl_rise.modules.networks import (
     RiseQNetwork,
     make_q_network,
 )
-from torchrl_rise.modules.noisy import NoisyLinear, reset_noise
+from torchrl_rise.modules.noisy import NoisyLinear, resample_noise, reset_noise
 from torchrl_rise.modules.stream import RiseContextModule, RiseContextStream
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "make_actor",
     "make_eval_actor",
     "make_q_network",
+    "resample_noise",
     "reset_noise",
 ]

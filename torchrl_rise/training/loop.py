@@ -5,7 +5,7 @@ collector -> replay -> learner -> target update -> evaluation -> logging -> chec
     for batch in collector:                      # [num_envs, steps_per_batch], acting policy
         replay.extend(batch)                     # frames once, embeddings once, per env lane
         for _ in range(updates_due):             # BTR: one update per vector step
-            sample -> IQNLoss -> Adam (grad clip) -> priorities -> HardUpdate -> reset_noise
+            sample -> IQNLoss -> Adam (grad clip) -> priorities -> HardUpdate -> resample_noise
         actor.step(frames); collector.update_policy_weights_()
         every logging.interval_frames: train.csv row (+ gate diagnostics)
         every eval.interval_frames:    eval episodes on the eval envs -> eval.csv (+ video)
@@ -860,7 +860,7 @@ class Trainer:
         num_envs = cfg.env.num_envs
         stats: dict[str, Any] = collections.defaultdict(list)
         last_log_t, last_log_frames = time.perf_counter(), c["frames"]
-        from torchrl_rise.modules import reset_noise
+        from torchrl_rise.modules import resample_noise
 
         explore = comps.actor.module[-1]
         with _progress(cfg, initial=c["frames"]) as bar:
@@ -889,7 +889,7 @@ class Trainer:
                         self._learn(comps, n_updates, stats)  # resamples the noise, too
                         collector.update_policy_weights_()
                 else:
-                    reset_noise(comps.net)  # fresh acting noise while the buffer fills
+                    resample_noise(comps.net)  # fresh acting noise while the buffer fills
                 self._consistent = True
 
                 now = time.perf_counter()
