@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
-from torchrl_rise.training.builders import build_components
+from torchrl_rise.training.builders import build_assembly, build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -105,10 +105,52 @@ def test_atari_defaults_are_btr_and_quickstart_is_short():
     assert 20_000 <= quick.total_frames <= 50_000
 
 
-def test_recipe_scripts_call_the_shared_loop():
-    for recipe in RECIPES:
-        text = (ROOT / "recipes" / f"{recipe}.py").read_text()
-        assert f'config_name="{recipe}"' in text and "train(cfg)" in text
+def _recipe_module(recipe: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_recipe_{recipe}", ROOT / "recipes" / f"{recipe}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+@needs_memory
+@pytest.mark.parametrize("method", ["rise", "btr"])
+def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
+    """The recipe's visible assembly and train(cfg)'s build_assembly are the same experiment."""
+    cfg = load_config(make_cfg("memory", tmp_path, f"method={method}"))
+    torch.manual_seed(0)
+    mine = _recipe_module("memory").assemble(cfg)
+    torch.manual_seed(0)
+    package = build_assembly(cfg)
+    for name in ("net", "actor", "loss", "target_updater", "optimizer", "eval_env_factory"):
+        assert type(getattr(mine, name)) is type(getattr(package, name)), name
+    assert mine.env_info == package.env_info and mine.encoder_info == package.encoder_info
+    a, b = _weights(mine.loss), _weights(package.loss)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert mine.eval_env_factory.eval_mode and mine.eval_env_factory.seed != cfg.seed
+    # and it trains: the trainer runs on the recipe's pieces
+    summary = Trainer.from_components(cfg, mine).run()
+    assert summary["status"] == "finished" and summary["frames"] == cfg.total_frames
+    if method == "rise":
+        assert summary["encoder"]["name"] == "downsample"
+
+
+def test_procgen_recipe_evaluates_on_levels_training_never_sees(tmp_path):
+    pytest.importorskip("procgen")
+    cfg = load_config(make_cfg("procgen", tmp_path, "env.kwargs.num_levels=50"))
+    parts = _recipe_module("procgen").assemble(cfg)
+    assert parts.eval_env_factory.cfg.env.eval_kwargs["eval_start_level"] == 50
+
+
+def test_miniworld_recipe_renders_headless(monkeypatch):
+    monkeypatch.delenv("PYGLET_HEADLESS", raising=False)
+    _recipe_module("miniworld")  # importing the recipe must not need a display
+    assert os.environ["PYGLET_HEADLESS"] == "true"
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -205,7 +247,7 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     same.run()
     assert same.run_dir == run
     for key in ("frames", "env_steps", "updates", "episodes", "iterations"):
-        assert same.counters[key] == first.counters[key], key
+        assert getattr(same.counters, key) == getattr(first.counters, key), key
     index2, batch2, _ = _replay_snapshot(cfg, run, tmp_path / "s2")
     torch.testing.assert_close(index2, index)
     for key in ("pixels", "action", ("next", "reward"), ("next", "pixels"), "rise_context"):
@@ -222,7 +264,7 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     summary = more.run()
     assert more.run_dir == run
     check_run(run, method="rise", frames=2048)
-    assert summary["updates"] > first.counters["updates"]
+    assert summary["updates"] > first.counters.updates
     assert [int(r["frames"]) for r in read_csv(run / "eval.csv")] == [1024, 2048]
 
 
@@ -422,7 +464,7 @@ def test_error_inside_a_step_writes_no_checkpoint(tmp_path, monkeypatch):
 
     def learn(self, comps, n, stats):
         real(self, comps, n, stats)
-        if self.counters["frames"] > 300:
+        if self.counters.frames > 300:
             raise RuntimeError("boom inside the step")
 
     monkeypatch.setattr(Trainer, "_learn", learn)
@@ -469,7 +511,7 @@ def test_non_finite_weights_never_replace_the_only_good_checkpoint(tmp_path, mon
 
     def learn(self, comps, n, stats):
         real(self, comps, n, stats)
-        if self.counters["frames"] == 512:  # just before the periodic save at 512
+        if self.counters.frames == 512:  # just before the periodic save at 512
             for state in comps.optimizer.state.values():
                 state["exp_avg"].fill_(float("nan"))
 
@@ -533,15 +575,16 @@ class _ShortCollector:
 
 @needs_memory
 @pytest.mark.parametrize(("n", "message"), [(3, "after 3 batches"), (0, "yielded nothing")])
-def test_a_collector_that_stops_early_fails_the_run(tmp_path, monkeypatch, n, message):
-    from torchrl_rise.training import loop
+def test_a_collector_that_stops_early_fails_the_run(tmp_path, n, message):
     from torchrl_rise.training.loop import CollectorExhaustedError
 
-    real = loop.build_collector
-    monkeypatch.setattr(loop, "build_collector", lambda *a, **k: _ShortCollector(real(*a, **k), n))
     run = tmp_path / "run"
+    cfg = load_config(_short(tmp_path, run))
+    parts = build_assembly(cfg)
+    real = parts.make_collector
+    parts.make_collector = lambda **k: _ShortCollector(real(**k), n)
     with pytest.raises(CollectorExhaustedError, match=message):
-        train(_short(tmp_path, run))
+        Trainer.from_components(cfg, parts).run()
     summary = _summary(run)
     assert summary["status"] == "failed" and message in summary["reason"]
     assert summary["frames"] == 4 * n
@@ -562,25 +605,22 @@ class _DyingCollector(_ShortCollector):
 
 
 @needs_memory
-def test_a_collector_failing_after_a_stop_request_ends_the_run_as_interrupted(
-    tmp_path, monkeypatch
-):
-    from torchrl_rise.training import loop
+def test_a_collector_failing_after_a_stop_request_ends_the_run_as_interrupted(tmp_path):
+    def dying(run: Path, stop: bool) -> Trainer:
+        cfg = load_config(_short(tmp_path, run))
+        parts = build_assembly(cfg)
+        real = parts.make_collector
+        trainer = Trainer(cfg, components=parts)
+        parts.make_collector = lambda **k: _DyingCollector(real(**k), 3, trainer if stop else None)
+        return trainer
 
-    real = loop.build_collector
-    trainer = Trainer(_short(tmp_path, tmp_path / "run"))
-    monkeypatch.setattr(
-        loop, "build_collector", lambda *a, **k: _DyingCollector(real(*a, **k), 3, trainer)
-    )
+    trainer = dying(tmp_path / "run", stop=True)
     summary = trainer.run()
     assert summary["status"] == "interrupted" and summary["frames"] == 12
     assert load_checkpoint(trainer.run_dir)["state"]["counters"]["frames"] == 12
     assert not list((trainer.run_dir / "checkpoints").glob("crash_frames_*"))
     with pytest.raises(RuntimeError, match="worker died"):  # without a stop request: an error
-        monkeypatch.setattr(
-            loop, "build_collector", lambda *a, **k: _DyingCollector(real(*a, **k), 3, None)
-        )
-        train(_short(tmp_path, tmp_path / "run2"))
+        dying(tmp_path / "run2", stop=False).run()
 
 
 @needs_memory

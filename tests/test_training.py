@@ -523,3 +523,62 @@ def test_evaluate_stops_promptly_when_asked():
     result = evaluate(net, env, episodes=50, score_key=None, should_stop=should_stop)
     assert result.interrupted and len(calls) == 6 and result.n < 50
     assert not evaluate(net, env, episodes=1, score_key=None).interrupted
+
+
+def test_counters_and_schedule_load_from_both_checkpoint_formats():
+    from torchrl_rise.training.loop import STATE_FORMAT, Counters, Schedule, state_counters
+
+    old = {  # format 1: one dict of counts and schedule state
+        "format": 1,
+        "counters": {
+            "frames": 64,
+            "env_steps": 16,
+            "updates": 3,
+            "episodes": 2,
+            "iterations": 4,
+            "walltime_s": 1.5,
+            "update_credit": 0.5,
+            "next_eval": 128,
+            "next_checkpoint": 96,
+            "next_log": 80,
+        },
+    }
+    counters, schedule = state_counters(old)
+    assert counters == Counters(64, 16, 3, 2, 4, 1.5)
+    assert schedule == Schedule(update_credit=0.5, next_eval=128, next_checkpoint=96, next_log=80)
+    new = {"format": STATE_FORMAT, "counters": {"frames": 8}, "schedule": {"next_log": 16}}
+    assert state_counters(new) == (Counters(frames=8), Schedule(next_log=16))
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"format": 99, "counters": {}}, "state format 99, newer"),
+        ({"format": 1, "counters": {"frames": 1, "bogus": 2}}, r"does not know: \['bogus'\]"),
+    ],
+)
+def test_checkpoint_counters_of_another_version_are_refused_clearly(state, message):
+    from torchrl_rise.training.loop import state_counters
+
+    with pytest.raises(ConfigError, match=message):
+        state_counters(state, path="ckpt")
+
+
+def test_a_run_creates_no_trainer_attribute_that_init_did_not(tmp_path):
+    cfg = {
+        "method": "btr",
+        "total_frames": 64,
+        "env": {"suite": "memory", "env_id": "cue-L4", "num_envs": 4, "frame_size": 16},
+        "network": {"kwargs": {"width_scale": 0.25, "mlp_hidden": 16, "spectral_norm": False}},
+        "replay": {"capacity": 256, "batch_size": 8, "learning_starts": 32},
+        "eval": {"episodes": 2, "num_envs": 2},
+        "logging": {"progress": False, "root": str(tmp_path)},
+    }
+    from torchrl_rise.training import Trainer
+
+    trainer = Trainer(cfg)
+    before = set(vars(trainer))
+    summary = trainer.run()
+    assert set(vars(trainer)) == before
+    assert trainer.summary == summary and trainer.counters.frames == 64
+    assert trainer.counters.updates == summary["updates"] > 0

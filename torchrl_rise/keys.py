@@ -41,7 +41,7 @@ GATE = "rise_gate"
 
 PRIORITY = "td_error"
 INDEX = "index"
-WEIGHT = "_weight"
+WEIGHT = "priority_weight"  # TorchRL >= 0.4 (PrioritizedSampler's info key)
 
 # Recurrent baseline (R2D2-style, docs/recurrent.md): the LSTM state an actor acted from at each
 # step (``[hidden]`` each), TorchRL's episode-start flag, and the masks of sampled sequences

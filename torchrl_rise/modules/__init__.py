@@ -24,7 +24,7 @@ from torchrl_rise.modules.networks import (
     RiseQNetwork,
     make_q_network,
 )
-from torchrl_rise.modules.noisy import NoisyLinear, reset_noise
+from torchrl_rise.modules.noisy import NoisyLinear, resample_noise, reset_noise
 from torchrl_rise.modules.recurrent_actor import RecurrentQStep, make_recurrent_actor
 from torchrl_rise.modules.stream import RiseContextModule, RiseContextStream
 
@@ -50,5 +50,6 @@ __all__ = [
     "make_eval_actor",
     "make_q_network",
     "make_recurrent_actor",
+    "resample_noise",
     "reset_noise",
 ]

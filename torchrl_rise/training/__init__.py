@@ -32,6 +32,7 @@ from torchrl_rise.training.config import (
     ReplayConfig,
     TrainConfig,
     load_config,
+    register_configs,
     validate_config,
 )
 from torchrl_rise.training.evaluation import EvalResult, evaluate
@@ -67,9 +68,12 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "make_summary",
+    "register_configs",
     "save_checkpoint",
     "train",
     "validate_config",
     "verify_checkpoint",
     "write_summary",
 ]
+
+register_configs()  # `train_schema`, the base of every recipe's defaults list

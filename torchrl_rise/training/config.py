@@ -1,9 +1,12 @@
 """Structured training configuration with validation that explains what is wrong and how to fix it.
 
-The hydra YAML files in ``recipes/config/`` are the user-facing configuration; they are merged onto
-:class:`TrainConfig` (so a misspelt key fails with the key's name) and checked by
-:func:`validate_config` before anything is built. Defaults are Beyond The Rainbow's Atari settings
-(``docs/recipes.md`` lists them); the other suites override what differs.
+These dataclasses are the one home of every default: Beyond The Rainbow's Atari run
+(``docs/recipes.md`` lists them). :func:`register_configs` stores :class:`TrainConfig` in hydra's
+``ConfigStore`` as ``train_schema``, the first entry of every recipe's defaults list; the YAML
+files in ``recipes/config/`` hold only what a suite changes (and the presets what a preset
+changes), so ``train({...})`` from Python and ``python recipes/atari.py`` run the same experiment.
+A misspelt key fails with the key's name, and :func:`validate_config` checks the values before
+anything is built.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "check_disk_space",
     "load_config",
+    "register_configs",
     "suite_frame_skip",
     "validate_config",
 ]
@@ -82,15 +86,18 @@ class EncoderConfig:
 
     Attributes:
         name: encoder name for ``torchrl_rise.encoders.make_encoder`` (``resnet18``, ``online``...).
-        weights: ``"imagenet"``, a path to a state-dict file, or ``None`` for random frozen weights.
+        weights: ``"auto"`` (ImageNet when cached or downloadable, else seeded random frozen
+            weights with a loud warning), ``"imagenet"`` (fails if unobtainable), ``"random"``, or
+            the path of a state-dict file. Weight-free encoders (``downsample``,
+            ``random_projection``) also accept ``None``; the torchvision encoders refuse it.
         context_length: ``K``, the number of past embeddings (current one included) the LSTM reads.
         dtype: storage dtype of the embeddings (``float16`` or ``float32``).
         kwargs: extra keyword arguments for ``make_encoder``.
     """
 
     name: str = "resnet18"
-    weights: str | None = "imagenet"
-    context_length: int = 20
+    weights: str | None = "auto"
+    context_length: int = 80
     dtype: str = "float16"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -268,13 +275,13 @@ class TrainConfig:
         >>> cfg = TrainConfig(method="btr", total_frames=50_000_000)
         >>> validate_config(cfg) is cfg
         True
-        >>> cfg.replay.batch_size
-        256
+        >>> cfg.replay.batch_size, cfg.encoder.context_length
+        (256, 80)
     """
 
     method: str = "rise"
     seed: int = 0
-    total_frames: int = 10_000_000
+    total_frames: int = 200_000_000
     device: str = "cpu"
     num_threads: int | None = None
     resume: Any = False
@@ -294,6 +301,26 @@ class TrainConfig:
     def uses_context(self) -> bool:
         """Whether the method reads the frozen-embedding context window."""
         return self.method == "rise"
+
+
+SCHEMA_NAME = "train_schema"
+
+
+def register_configs() -> None:
+    """Store :class:`TrainConfig` in hydra's ``ConfigStore`` as ``train_schema`` (idempotent).
+
+    The recipes' YAML files start their defaults list with ``train_schema``, so the dataclass
+    defaults are the recipe defaults and a misspelt key fails at composition.
+
+    Example:
+        >>> from hydra.core.config_store import ConfigStore
+        >>> register_configs()
+        >>> "train_schema.yaml" in ConfigStore.instance().list("")
+        True
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
 
 
 def load_config(cfg: Any = None, **overrides: Any) -> TrainConfig:

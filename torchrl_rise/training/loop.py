@@ -5,7 +5,7 @@ collector -> replay -> learner -> target update -> evaluation -> logging -> chec
     for batch in collector:                      # [num_envs, steps_per_batch], acting policy
         replay.extend(batch)                     # frames once, embeddings once, per env lane
         for _ in range(updates_due):             # BTR: one update per vector step
-            sample -> IQNLoss -> Adam (grad clip) -> priorities -> HardUpdate -> reset_noise
+            sample -> IQNLoss -> Adam (grad clip) -> priorities -> HardUpdate -> resample_noise
         actor.step(frames); collector.update_policy_weights_()
         every logging.interval_frames: train.csv row (+ gate diagnostics)
         every eval.interval_frames:    eval episodes on the eval envs -> eval.csv (+ video)
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import inspect
 import json
@@ -33,12 +34,12 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ import numpy as np
 import torch
 
 from torchrl_rise._fileio import CheckpointCorruptError, is_disk_full, write_atomic
-from torchrl_rise.training.builders import Components, build_collector, build_components
+from torchrl_rise.training.builders import Assembly, Components, build_assembly
+from torchrl_rise.training.builders import _safe_name as _safe
 from torchrl_rise.training.checkpoint import (
     RunLock,
     find_latest_checkpoint,
@@ -68,7 +70,15 @@ from torchrl_rise.training.evaluation import EvalResult, evaluate
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.summary import make_summary, write_summary
 
-__all__ = ["CollectorExhaustedError", "DiskFullError", "Trainer", "train"]
+__all__ = [
+    "STATE_FORMAT",
+    "CollectorExhaustedError",
+    "Counters",
+    "DiskFullError",
+    "Schedule",
+    "Trainer",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +96,68 @@ class DiskFullError(RuntimeError):
     """The disk filled up during a checkpoint write (the previous checkpoint is intact)."""
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "env"
+# 1: counters and schedule state in one dict; 2: ``counters`` and ``schedule`` apart.
+STATE_FORMAT = 2
+
+
+@dataclass
+class Counters:
+    """What a run has done so far (saved in every checkpoint, reported in ``summary.json``).
+
+    ``frames`` counts simulator frames (agent steps x the env's frame skip), ``env_steps`` the
+    transitions stored, ``updates`` the gradient steps, ``iterations`` the collector batches.
+    """
+
+    frames: int = 0
+    env_steps: int = 0
+    updates: int = 0
+    episodes: int = 0
+    iterations: int = 0
+    walltime_s: float = 0.0
+
+
+@dataclass
+class Schedule:
+    """When the next things are due: fractional update credit and the next eval/save/log frames."""
+
+    update_credit: float = 0.0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    next_log: int = 0
+
+
+def state_counters(state: dict[str, Any], *, path: Any = None) -> tuple[Counters, Schedule]:
+    """The :class:`Counters` and :class:`Schedule` of a checkpoint's state, of any format so far.
+
+    Format 1 checkpoints kept both in one ``counters`` dict; they load unchanged. A checkpoint
+    written by a newer torchrl_rise (a higher ``format``) is refused.
+
+    Example:
+        >>> c, s = state_counters({"format": 1, "counters": {"frames": 8, "next_eval": 16}})
+        >>> c.frames, s.next_eval
+        (8, 16)
+    """
+    fmt = int(state.get("format", 1))
+    where = f" {path}" if path is not None else ""
+    if fmt > STATE_FORMAT:
+        raise ConfigError(
+            f"checkpoint{where} has state format {fmt}, newer than this torchrl_rise reads "
+            f"({STATE_FORMAT}): upgrade torchrl_rise to resume it, or start a new run."
+        )
+    raw = dict(state.get("counters", {}))
+    if fmt == 1:
+        sched = {k: raw.pop(k) for k in list(raw) if k in Schedule.__dataclass_fields__}
+    else:
+        sched = dict(state.get("schedule", {}))
+    unknown = sorted(set(raw) - set(Counters.__dataclass_fields__)) + sorted(
+        set(sched) - set(Schedule.__dataclass_fields__)
+    )
+    if unknown:
+        raise ConfigError(
+            f"checkpoint{where} (format {fmt}) holds counters this torchrl_rise does not know: "
+            f"{unknown}. It was written by another version; resume it with that version."
+        )
+    return Counters(**raw), Schedule(**sched)
 
 
 def _run_parent(cfg: TrainConfig) -> Path:
@@ -101,15 +171,23 @@ def _run_parent(cfg: TrainConfig) -> Path:
 
 
 class Trainer:
-    """Runs one training run described by a :class:`TrainConfig`.
+    """Runs one training run described by a :class:`TrainConfig`, on the pieces a recipe built.
 
     Args:
         cfg: the configuration (a :class:`TrainConfig`, a dict or a hydra ``DictConfig``).
 
+    Keyword Args:
+        components: the :class:`~torchrl_rise.training.builders.Assembly` a recipe built (env
+            factories, encoder, network, actor, loss, target updater, optimizer and the replay,
+            collector and logger factories); ``None`` builds it with
+            :func:`~torchrl_rise.training.builders.build_assembly` when the run starts.
+
     Attributes:
         run_dir: where logs, checkpoints and ``summary.json`` go (set by :meth:`run`).
         components: the built network, loss, optimizer, replay... (set by :meth:`run`).
-        counters: ``frames``, ``env_steps``, ``updates``, ``episodes``, ``walltime_s``...
+        counters: a :class:`Counters` (frames, env_steps, updates, episodes, iterations,
+            walltime_s).
+        schedule: a :class:`Schedule` (update credit and the next eval/checkpoint/log frames).
 
     Call :meth:`request_stop` (or send SIGINT/SIGTERM) to stop after the current step; the run then
     abandons a running evaluation, saves a checkpoint, flushes its logs and writes
@@ -128,43 +206,54 @@ class Trainer:
         ...        "eval": {"episodes": 2, "num_envs": 2}, "logging": {"progress": False}}
         >>> import tempfile
         >>> cfg["logging"]["root"] = tempfile.mkdtemp()
-        >>> summary = Trainer(cfg).run()
-        >>> summary["frames"], summary["status"]
-        (64, 'finished')
+        >>> trainer = Trainer.from_components(load_config(cfg))
+        >>> summary = trainer.run()
+        >>> summary["frames"], summary["status"], trainer.counters.frames
+        (64, 'finished', 64)
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, *, components: Assembly | None = None) -> None:
         self.cfg = load_config(cfg)
+        self.assembly = components
         self.run_dir: Path | None = None
         self.components: Components | None = None
-        self.counters: dict[str, Any] = {
-            "env_steps": 0,
-            "frames": 0,
-            "updates": 0,
-            "episodes": 0,
-            "iterations": 0,
-            "walltime_s": 0.0,
-            "update_credit": 0.0,
-            "next_eval": 0,
-            "next_checkpoint": 0,
-            "next_log": 0,
-        }
+        self.counters = Counters()
+        self.schedule = Schedule()
         self.evaluations: list[dict[str, Any]] = []
         self.final_eval: dict[str, Any] | None = None
         self.recent_scores: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.recent_success: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
+        self.logs: RunLogger | None = None
+        self.resumed_from: Path | None = None
+        self.status: str | None = None
+        self.reason: str | None = None
+        self.summary: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._stop_reason: str | None = None
         self._signal_count = 0
         # False while a step (extend + updates) is half done: no checkpoint of such a state.
         self._consistent = True
+        self._collector_failed = False  # the collector failed after a stop request
         self._eval_env = None
         self._lock: RunLock | None = None
         self._created: Path | None = None
-        self.resumed_from: Path | None = None
-        self.status: str | None = None
-        self.reason: str | None = None
+        self._num_threads = default_num_threads(self.cfg)
+        self._t0: float | None = None  # perf_counter when the loop's clock started
+        self._walltime_base = 0.0
+        self._iterations_at_start = 0
+        self._saved = False  # a checkpoint was written at the end
+
+    @classmethod
+    def from_components(cls, cfg: Any, components: Assembly | None = None) -> Trainer:
+        """The trainer of ``cfg`` on ``components`` (``None``: built from ``cfg`` at the start).
+
+        Example:
+            >>> from torchrl_rise.training import load_config
+            >>> Trainer.from_components(load_config({"method": "btr"})).counters.frames
+            0
+        """
+        return cls(cfg, components=components)
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "requested") -> None:
@@ -308,17 +397,9 @@ class Trainer:
                 ", ".join(removed),
             )
 
-    def _setup_logging(self) -> logging.Handler:
-        handler = logging.FileHandler(self.run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("torchrl_rise").addHandler(handler)
-        if logging.getLogger("torchrl_rise").getEffectiveLevel() > logging.INFO:
-            logging.getLogger("torchrl_rise").setLevel(logging.INFO)
-        return handler
-
     def _state(self, comps: Components) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": STATE_FORMAT,
             "method": self.cfg.method,
             "suite": self.cfg.env.suite,
             "env_id": self.cfg.env.env_id,
@@ -326,7 +407,8 @@ class Trainer:
             "loss": comps.loss.state_dict(),
             "optimizer": comps.optimizer.state_dict(),
             "target_updater_counter": int(getattr(comps.target_updater, "counter", 0)),
-            "counters": dict(self.counters),
+            "counters": dataclasses.asdict(self.counters),
+            "schedule": dataclasses.asdict(self.schedule),
             "evaluations": list(self.evaluations),
             "final_eval": dict(self.final_eval) if self.final_eval else {},
             "recent": {
@@ -340,6 +422,7 @@ class Trainer:
     def _restore(self, comps: Components, ckpt: Path) -> None:
         loaded = load_checkpoint(ckpt)  # verifies every file against the manifest
         state = loaded["state"]
+        counters, schedule = state_counters(state, path=loaded["path"])
         for key in ("method", "suite", "env_id"):
             mine = getattr(self.cfg, key) if key == "method" else getattr(self.cfg.env, key)
             if state.get(key) != mine:
@@ -352,7 +435,7 @@ class Trainer:
             comps.replay.loads(loaded["replay_dir"])
             # The envs restart with fresh episodes: don't splice them onto the ones the buffer saw.
             comps.replay.close_open_episodes()
-        elif state["counters"]["env_steps"]:
+        elif counters.env_steps:
             logger.warning(
                 "checkpoint %s holds no replay buffer (checkpoint.save_replay=false): the buffer "
                 "refills from scratch",
@@ -363,7 +446,7 @@ class Trainer:
         comps.optimizer.load_state_dict(state["optimizer"])
         if hasattr(comps.target_updater, "counter"):
             comps.target_updater.counter = int(state["target_updater_counter"])
-        self.counters.update(state["counters"])
+        self.counters, self.schedule = counters, schedule
         self.evaluations = [dict(e) for e in state["evaluations"]]
         self.final_eval = dict(state["final_eval"]) or None
         self.recent_scores.extend(state["recent"]["scores"])
@@ -373,8 +456,8 @@ class Trainer:
         logger.info(
             "resumed from %s at %d frames, %d updates",
             loaded["path"],
-            self.counters["frames"],
-            self.counters["updates"],
+            self.counters.frames,
+            self.counters.updates,
         )
 
     def _restore_any(self, comps: Components, candidates: list[Path]) -> Path | None:
@@ -482,11 +565,11 @@ class Trainer:
         """A regular checkpoint (``latest``, pruning) or, with ``crash``, a crash checkpoint."""
         cfg = self.cfg
         if not crash:
-            self.counters["next_checkpoint"] = _next_multiple(
-                self.counters["frames"], cfg.checkpoint.interval_frames
+            self.schedule.next_checkpoint = _next_multiple(
+                self.counters.frames, cfg.checkpoint.interval_frames
             )
         save_replay = None
-        if cfg.checkpoint.save_replay and self.counters["env_steps"]:
+        if cfg.checkpoint.save_replay and self.counters.env_steps:
             store = self._chunk_store(comps.replay)
             save_replay = (
                 comps.replay.dumps
@@ -497,7 +580,7 @@ class Trainer:
             return save_checkpoint(
                 self.run_dir / "checkpoints",
                 self._state(comps),
-                step=int(self.counters["frames"]),
+                step=int(self.counters.frames),
                 save_replay=save_replay,
                 keep=cfg.checkpoint.keep,
                 crash=crash,
@@ -509,7 +592,7 @@ class Trainer:
             previous = find_latest_checkpoint(self.run_dir / "checkpoints")
             raise DiskFullError(
                 f"the disk of {self.run_dir} is full: the checkpoint at "
-                f"{self.counters['frames']} frames could not be written ({err}). Its partial "
+                f"{self.counters.frames} frames could not be written ({err}). Its partial "
                 f"folder was removed; {previous or 'no earlier checkpoint'} is intact. Free some "
                 "space, then resume with resume=true."
             ) from err
@@ -528,7 +611,7 @@ class Trainer:
         if env_info.success_key is not None and env_info.success_key in nxt.keys(True):
             success = nxt.get(env_info.success_key).reshape(-1)[done]
             self.recent_success.extend(success.double().tolist())
-        self.counters["episodes"] += int(done.sum())
+        self.counters.episodes += int(done.sum())
 
     def _learn(self, comps: Components, n_updates: int, stats: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -543,12 +626,12 @@ class Trainer:
             comps.optimizer.step()
             comps.replay.update_tensordict_priority(batch)
             comps.target_updater.step()
-            self.counters["updates"] += 1
+            self.counters.updates += 1
             stats["loss"].append(float(total.detach()))
             stats["grad_norm"].append(float(grad_norm))
             stats["td_error"].append(float(losses.get("td_error_mean")))
             stats["q_mean"].append(float(losses.get("q_value_mean")))
-            if self.counters["updates"] % cfg.logging.gate_interval_updates == 0:
+            if self.counters.updates % cfg.logging.gate_interval_updates == 0:
                 gate = {k: float(v) for k, v in losses.items() if k.startswith("gate_")}
                 if gate:
                     stats["gate"] = gate
@@ -574,12 +657,10 @@ class Trainer:
         )
         if result.interrupted:
             return None  # next_eval stays: a resumed run evaluates these frames again
-        self.counters["next_eval"] = _next_multiple(
-            self.counters["frames"], cfg.eval.interval_frames
-        )
+        self.schedule.next_eval = _next_multiple(self.counters.frames, cfg.eval.interval_frames)
         row = {
-            "frames": self.counters["frames"],
-            "updates": self.counters["updates"],
+            "frames": self.counters.frames,
+            "updates": self.counters.updates,
             "walltime_s": self._walltime(),
             **result.row(),
         }
@@ -591,12 +672,12 @@ class Trainer:
         self.final_eval = {**entry, "episodes": list(result.scores)}
         if result.frames is not None:
             path = self.logs.log_video(
-                result.frames, step=self.counters["frames"], fps=cfg.eval.video_fps
+                result.frames, step=self.counters.frames, fps=cfg.eval.video_fps
             )
             logger.info("evaluation video: %s", path)
         logger.info(
             "evaluation at %d frames: mean %.3f +- %.3f over %d episodes%s",
-            self.counters["frames"],
+            self.counters.frames,
             result.mean,
             result.std,
             result.n,
@@ -610,9 +691,9 @@ class Trainer:
     def _train_row(self, stats: dict[str, Any], fps: float, eps: float, replay_len: int):
         mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
         row = {
-            "frames": self.counters["frames"],
-            "updates": self.counters["updates"],
-            "episodes": self.counters["episodes"],
+            "frames": self.counters.frames,
+            "updates": self.counters.updates,
+            "episodes": self.counters.episodes,
             "walltime_s": self._walltime(),
             "fps": fps,
             "return_recent": mean(self.recent_scores),
@@ -632,6 +713,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until ``total_frames`` (or a stop request); return the summary dict.
 
+        Everything the run opens is closed by one :class:`contextlib.ExitStack`, in reverse
+        order: the collector (before the final evaluation and checkpoint), then the loggers, the
+        replay (and its scratch memmaps once a checkpoint holds them), the evaluation env, the
+        ``train.log`` handler and last the run lock (with the run directory if nothing was
+        written to it).
+
         Raises:
             ConfigError: a bad configuration or a refused resume (nothing trained).
             RunInUseError: another live process holds the run directory's lock.
@@ -641,8 +728,7 @@ class Trainer:
                 run itself, re-raised after ``summary.json`` says ``failed``.
         """
         cfg = self.cfg
-        self._num_threads = num_threads = default_num_threads(cfg)
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(self._num_threads)
         # Gradients decaying through long LSTM windows reach denormal floats, which the CPU
         # handles ~100x slower: K=160 cost 5.3 s per LSTM backward instead of 0.9 s (batch 256).
         # Flushing them to zero changes nothing above 1e-38.
@@ -652,42 +738,43 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         resolved = config_to_dict(cfg)
 
-        candidates = self._open_run_dir()  # the run lock is held from here on
-        handler = None
-        summary = None
         error: BaseException | None = None
-        try:
-            handler = self._setup_logging()
+        with contextlib.ExitStack() as resources:
+            candidates = self._open_run_dir()  # the run lock is held from here on
+            resources.callback(self._release_run_dir)
+            resources.enter_context(self._file_log())
             logger.info("run directory: %s", self.run_dir.resolve())
             self._reclaim()
-            with self._signals():
-                comps = collector = None
-                try:
-                    comps, collector = self._start(candidates, resolved, num_threads)
-                    self._loop(comps, collector, int(comps.env_info.frame_skip))
-                except BaseException as err:
-                    error = err
-                summary, error = self._finish(comps, collector, error, resolved)
-        finally:
-            keep_dir = (
-                summary is not None
-                or _collected_anything(self)
-                or bool(list_checkpoints(self.run_dir))
-            )
-            logger.info("run %s (%s): %s", self.status, self.reason or "done", self.run_dir)
-            if handler is not None:
-                logging.getLogger("torchrl_rise").removeHandler(handler)
-                handler.close()
-            self._close_run_dir(remove=not keep_dir)  # a failed start leaves no empty run dir
+            resources.enter_context(self._signals())
+            try:
+                with contextlib.ExitStack() as collecting:
+                    collector = self._start(candidates, resolved, resources, collecting)
+                    self._loop(self.components, collector, int(self.components.env_info.frame_skip))
+            except BaseException as err:
+                error = err
+            error = self._finish(error, resolved)
         if error is not None:
             raise error
-        return summary
+        return self.summary
 
-    def _start(self, candidates: list[Path], resolved: dict[str, Any], num_threads: int):
-        """Build, check the disk, restore, open the logs, build the collector."""
+    def _start(
+        self,
+        candidates: list[Path],
+        resolved: dict[str, Any],
+        resources: contextlib.ExitStack,
+        collecting: contextlib.ExitStack,
+    ):
+        """Build, check the disk, restore, open the logs, build the collector.
+
+        What it opens goes on ``resources`` (closed when the run ends) or, for the collector, on
+        ``collecting`` (shut down before the final evaluation and checkpoint).
+        """
         cfg = self.cfg
-        comps = build_components(cfg, scratch_dir=self.run_dir / "replay_scratch")
+        assembly = self.assembly if self.assembly is not None else build_assembly(cfg)
+        resources.callback(self._close_eval_env)
+        comps = assembly.components(scratch_dir=self.run_dir / "replay_scratch")
         self.components = comps
+        resources.callback(self._close_replay, comps.replay)
         frame_skip = int(comps.env_info.frame_skip)
         self._check_disk_budget(comps, frame_skip)
         # a crash mid-save may have left chunks no checkpoint references
@@ -700,111 +787,131 @@ class Trainer:
         write_atomic(
             self.run_dir / "config.json", json.dumps(resolved, indent=2, default=str).encode()
         )
-        self.logs = RunLogger(
-            self.run_dir,
-            backends=cfg.logging.backends,
-            experiment_name=f"{cfg.env.suite}-{_safe(cfg.env.env_id)}-{cfg.method}-s{cfg.seed}",
-            wandb_project=cfg.logging.wandb_project,
+        self.logs = assembly.make_logger(
+            run_dir=self.run_dir,
             config=resolved,
-            drop_after_frames=int(self.counters["frames"]) if ckpt is not None else None,
+            drop_after_frames=int(self.counters.frames) if ckpt is not None else None,
         )
-        self._walltime_base = float(self.counters["walltime_s"])
+        resources.callback(self.logs.close)
+        self._walltime_base = float(self.counters.walltime_s)
         self._t0 = time.perf_counter()
-        if self.counters["next_eval"] == 0:
-            self.counters["next_eval"] = cfg.eval.interval_frames
-            self.counters["next_checkpoint"] = cfg.checkpoint.interval_frames
-            self.counters["next_log"] = cfg.logging.interval_frames
-        self._iterations_at_start = int(self.counters["iterations"])
+        if self.schedule.next_eval == 0:
+            self.schedule.next_eval = cfg.eval.interval_frames
+            self.schedule.next_checkpoint = cfg.checkpoint.interval_frames
+            self.schedule.next_log = cfg.logging.interval_frames
+        self._iterations_at_start = int(self.counters.iterations)
         # Workers inherit an ignored SIGINT, so Ctrl-C reaches only this process, which stops
         # cleanly and then shuts the workers down.
         with _ignore_sigint():
-            collector = build_collector(
-                cfg,
+            collector = assembly.make_collector(
                 # a resumed run must not replay the episodes it already saw
-                seed=cfg.seed + 7919 * self.counters["iterations"],
-                encoder=comps.encoder,
-                policy=comps.actor,
+                seed=cfg.seed + 7919 * self.counters.iterations
             )
+        collecting.callback(_quietly, collector.shutdown)
         # TorchRL's batched envs and collectors set the thread count of this process
         # themselves; the learner's share is ours to choose.
-        torch.set_num_threads(num_threads)
-        return comps, collector
+        torch.set_num_threads(self._num_threads)
+        return collector
 
-    def _finish(self, comps, collector, error: BaseException | None, resolved: dict[str, Any]):
-        """Final evaluation, checkpoint and summary; returns ``(summary, error to raise)``."""
+    @property
+    def _started(self) -> bool:
+        """Whether the loop's clock runs: the pieces are built, restored and logged."""
+        return self.components is not None and self.logs is not None and self._t0 is not None
+
+    def _finish(self, error: BaseException | None, resolved: dict[str, Any]):
+        """Final evaluation, checkpoint and summary (the collector is shut down already).
+
+        Returns the error to raise (``None``: the run finished or was stopped).
+        """
         cfg = self.cfg
         c = self.counters
-        if collector is not None:
-            with contextlib.suppress(Exception):
-                collector.shutdown()
-        started = comps is not None and hasattr(self, "logs") and hasattr(self, "_t0")
-        summary = None
-        saved = False
+        comps = self.components
+        if self._started and error is None:
+            try:
+                complete = c.frames >= cfg.total_frames
+                if (
+                    complete
+                    and not self.stopping
+                    and cfg.eval.final
+                    and (not self.evaluations or self.evaluations[-1]["frames"] != c.frames)
+                ):
+                    self._evaluate(comps, final=True)
+                c.walltime_s = self._walltime()
+                self._save(comps)
+                self._saved = True
+            except BaseException as err:
+                error = err
+        if error is None:
+            finished = c.frames >= cfg.total_frames and not self.stopping
+            self.status = "finished" if finished else "interrupted"
+            self.reason = None if finished else f"stop requested ({self._stop_reason})"
+        else:
+            self.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.reason = f"{type(error).__name__}: {error}"
+            logger.error(
+                "run failed at %d frames, %d updates: %s", c.frames, c.updates, self.reason
+            )
+            if self._started:
+                self._crash_checkpoint(comps, error)
+        if self._started:
+            c.walltime_s = self._walltime()
+            self.summary = make_summary(
+                config=resolved,
+                run_dir=self.run_dir,
+                encoder=comps.encoder_info,
+                frames=c.frames,
+                updates=c.updates,
+                episodes=c.episodes,
+                walltime_s=c.walltime_s,
+                evaluations=self.evaluations,
+                final=self.final_eval,
+                status=self.status,
+                reason=self.reason,
+            )
+            try:
+                write_summary(self.run_dir / "summary.json", self.summary)
+            except OSError as err:
+                logger.error("could not write summary.json: %s", err)
+        return error
+
+    # ------------------------------------------------------------------ resources
+    @contextlib.contextmanager
+    def _file_log(self) -> Iterator[None]:
+        """``<run>/train.log`` gets the package's log records while the run lasts."""
+        handler = logging.FileHandler(self.run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package = logging.getLogger("torchrl_rise")
+        package.addHandler(handler)
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)
         try:
-            if started and error is None:
-                try:
-                    complete = c["frames"] >= cfg.total_frames
-                    if (
-                        complete
-                        and not self.stopping
-                        and cfg.eval.final
-                        and (not self.evaluations or self.evaluations[-1]["frames"] != c["frames"])
-                    ):
-                        self._evaluate(comps, final=True)
-                    c["walltime_s"] = self._walltime()
-                    self._save(comps)
-                    saved = True
-                except BaseException as err:
-                    error = err
-            if error is None:
-                finished = c["frames"] >= cfg.total_frames and not self.stopping
-                self.status = "finished" if finished else "interrupted"
-                self.reason = None if finished else f"stop requested ({self._stop_reason})"
-            else:
-                self.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-                self.reason = f"{type(error).__name__}: {error}"
-                logger.error(
-                    "run failed at %d frames, %d updates: %s",
-                    c["frames"],
-                    c["updates"],
-                    self.reason,
-                )
-                if started:
-                    self._crash_checkpoint(comps, error)
-            if started:
-                c["walltime_s"] = self._walltime()
-                summary = make_summary(
-                    config=resolved,
-                    run_dir=self.run_dir,
-                    encoder=comps.encoder_info,
-                    frames=c["frames"],
-                    updates=c["updates"],
-                    episodes=c["episodes"],
-                    walltime_s=c["walltime_s"],
-                    evaluations=self.evaluations,
-                    final=self.final_eval,
-                    status=self.status,
-                    reason=self.reason,
-                )
-                try:
-                    write_summary(self.run_dir / "summary.json", summary)
-                except OSError as err:
-                    logger.error("could not write summary.json: %s", err)
+            yield
         finally:
-            if hasattr(self, "logs"):
-                self.logs.close()
-            if comps is not None:
-                close = getattr(comps.replay, "close", None)
-                if callable(close):
-                    with contextlib.suppress(Exception):
-                        close()
-            # The checkpoint holds the buffer; the working memmaps are not needed anymore.
-            if saved and not cfg.replay.scratch_dir and cfg.checkpoint.save_replay:
-                shutil.rmtree(self.run_dir / "replay_scratch", ignore_errors=True)
-            if self._eval_env is not None:
-                with contextlib.suppress(Exception):
-                    self._eval_env.close()
-        return summary, error
+            logger.info("run %s (%s): %s", self.status, self.reason or "done", self.run_dir)
+            package.removeHandler(handler)
+            handler.close()
+
+    def _release_run_dir(self) -> None:
+        """Release the run lock; a start that wrote nothing leaves no run directory behind."""
+        keep = (
+            self.summary is not None
+            or _collected_anything(self)
+            or bool(list_checkpoints(self.run_dir))
+        )
+        self._close_run_dir(remove=not keep)
+
+    def _close_replay(self, replay: Any) -> None:
+        close = getattr(replay, "close", None)
+        if callable(close):
+            _quietly(close)
+        # The checkpoint holds the buffer; the working memmaps are not needed anymore.
+        if self._saved and not self.cfg.replay.scratch_dir and self.cfg.checkpoint.save_replay:
+            shutil.rmtree(self.run_dir / "replay_scratch", ignore_errors=True)
+
+    def _close_eval_env(self) -> None:
+        if self._eval_env is not None:
+            _quietly(self._eval_env.close)
+            self._eval_env = None
 
     def _crash_checkpoint(self, comps: Components, error: BaseException) -> None:
         """After an error: a crash checkpoint if the state is consistent, else none (and why)."""
@@ -857,17 +964,18 @@ class Trainer:
     def _loop(self, comps: Components, collector, frame_skip: int) -> None:
         cfg = self.cfg
         c = self.counters
+        sch = self.schedule
         num_envs = cfg.env.num_envs
         stats: dict[str, Any] = collections.defaultdict(list)
-        last_log_t, last_log_frames = time.perf_counter(), c["frames"]
-        from torchrl_rise.modules import reset_noise
+        last_log_t, last_log_frames = time.perf_counter(), c.frames
+        from torchrl_rise.modules import resample_noise
 
         explore = comps.actor.module[-1]
-        with _progress(cfg, initial=c["frames"]) as bar:
+        with _progress(cfg, initial=c.frames) as bar:
             last_bar = time.perf_counter()
-            if c["frames"] >= cfg.total_frames:
+            if c.frames >= cfg.total_frames:
                 return
-            if c["frames"] >= c["next_eval"] and c["frames"] and not self.stopping:
+            if c.frames >= sch.next_eval and c.frames and not self.stopping:
                 self._evaluate(comps)  # abandoned by the stop request that saved this checkpoint
             for batch in self._batches(collector):
                 if batch.ndim == 3:  # Ray: [workers, envs per worker, T]
@@ -876,20 +984,20 @@ class Trainer:
                 self._consistent = False  # until the step's updates are done
                 comps.replay.extend(batch)
                 self._track_episodes(batch, comps.env_info)
-                c["env_steps"] += steps
-                c["frames"] += steps * frame_skip
-                c["iterations"] += 1
+                c.env_steps += steps
+                c.frames += steps * frame_skip
+                c.iterations += 1
                 explore.step(steps * frame_skip)
 
-                if c["env_steps"] >= cfg.replay.learning_starts:
-                    c["update_credit"] += steps / num_envs * cfg.optim.updates_per_vector_step
-                    n_updates = int(c["update_credit"])
-                    c["update_credit"] -= n_updates
+                if c.env_steps >= cfg.replay.learning_starts:
+                    sch.update_credit += steps / num_envs * cfg.optim.updates_per_vector_step
+                    n_updates = int(sch.update_credit)
+                    sch.update_credit -= n_updates
                     if n_updates:
                         self._learn(comps, n_updates, stats)  # resamples the noise, too
                         collector.update_policy_weights_()
                 else:
-                    reset_noise(comps.net)  # fresh acting noise while the buffer fills
+                    resample_noise(comps.net)  # fresh acting noise while the buffer fills
                 self._consistent = True
 
                 now = time.perf_counter()
@@ -897,14 +1005,14 @@ class Trainer:
                 if now - last_bar > 1.0:
                     recent = np.mean(self.recent_scores) if self.recent_scores else math.nan
                     bar.set_postfix(
-                        fps=f"{(c['frames'] - last_log_frames) / max(now - last_log_t, 1e-9):.0f}",
+                        fps=f"{(c.frames - last_log_frames) / max(now - last_log_t, 1e-9):.0f}",
                         ret=f"{recent:.2f}",
-                        upd=c["updates"],
+                        upd=c.updates,
                         refresh=False,
                     )
                     last_bar = now
-                if c["frames"] >= c["next_log"] or c["frames"] >= cfg.total_frames or self.stopping:
-                    fps = (c["frames"] - last_log_frames) / max(now - last_log_t, 1e-9)
+                if c.frames >= sch.next_log or c.frames >= cfg.total_frames or self.stopping:
+                    fps = (c.frames - last_log_frames) / max(now - last_log_t, 1e-9)
                     self.logs.log_train(
                         self._train_row(stats, fps, float(explore.eps), len(comps.replay))
                     )
@@ -912,27 +1020,27 @@ class Trainer:
                     stats = collections.defaultdict(list)
                     if gate:
                         stats["gate"] = gate
-                    last_log_t, last_log_frames = now, c["frames"]
-                    c["next_log"] = _next_multiple(c["frames"], cfg.logging.interval_frames)
-                done = c["frames"] >= cfg.total_frames
-                if c["frames"] >= c["next_eval"] and not done and not self.stopping:
+                    last_log_t, last_log_frames = now, c.frames
+                    sch.next_log = _next_multiple(c.frames, cfg.logging.interval_frames)
+                done = c.frames >= cfg.total_frames
+                if c.frames >= sch.next_eval and not done and not self.stopping:
                     t_eval = time.perf_counter()
                     self._evaluate(comps)
                     last_log_t += time.perf_counter() - t_eval  # fps counts training time only
-                if c["frames"] >= c["next_checkpoint"] and not done and not self.stopping:
-                    c["walltime_s"] = self._walltime()
+                if c.frames >= sch.next_checkpoint and not done and not self.stopping:
+                    c.walltime_s = self._walltime()
                     t_save = time.perf_counter()
                     self._save(comps)
                     last_log_t += time.perf_counter() - t_save
                 if done or self.stopping:
                     break
             else:
-                if getattr(self, "_collector_failed", False):
+                if self._collector_failed:
                     return
-                got = c["iterations"] - self._iterations_at_start
+                got = c.iterations - self._iterations_at_start
                 raise CollectorExhaustedError(
-                    f"the collector stopped after {got} batches, at {c['frames']} of "
-                    f"total_frames={cfg.total_frames} frames ({c['updates']} updates)"
+                    f"the collector stopped after {got} batches, at {c.frames} of "
+                    f"total_frames={cfg.total_frames} frames ({c.updates} updates)"
                     + (": it yielded nothing" if got == 0 else "")
                     + ". A run only finishes once it collected total_frames; check the "
                     "collector's total_frames and the env workers' logs."
@@ -958,7 +1066,15 @@ def default_num_threads(cfg: TrainConfig) -> int:
 
 def _collected_anything(trainer: Trainer) -> bool:
     """Whether the loop collected anything (worth a checkpoint after a crash)."""
-    return trainer.counters["env_steps"] > 0 and hasattr(trainer, "_t0")
+    return trainer.counters.env_steps > 0 and trainer._t0 is not None
+
+
+def _quietly(close: Any) -> None:
+    """Call ``close()``; a resource that fails to close must not hide the run's own outcome."""
+    try:
+        close()
+    except Exception as err:
+        logger.warning("closing %s failed: %s", getattr(close, "__qualname__", close), err)
 
 
 def _make_dirs(path: Path) -> Path | None:
@@ -1085,4 +1201,4 @@ def train(cfg: Any) -> dict[str, Any]:
         >>> sorted(summary["scores"])
         ['best', 'evaluations', 'final']
     """
-    return Trainer(cfg).run()
+    return Trainer.from_components(cfg).run()
