@@ -85,11 +85,13 @@ def check_run(run_dir: Path, *, method: str, frames: int, status: str = "finishe
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("method", ["rise", "btr"])
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_recipe_configs_compose_and_validate(recipe, method):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = load_config(compose(config_name=recipe, overrides=[f"method={method}"]))
-        tiny = load_config(compose(config_name=recipe, overrides=["preset=tiny"]))
+        tiny = load_config(
+            compose(config_name=recipe, overrides=["preset=tiny", f"method={method}"])
+        )
     assert cfg.env.suite == recipe and cfg.method == method
     assert tiny.total_frames <= 4096 and tiny.env.num_envs == 4
 
@@ -119,7 +121,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @needs_memory
-@pytest.mark.parametrize("method", ["rise", "btr"])
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
     """The recipe's visible assembly and train(cfg)'s build_assembly are the same experiment."""
     cfg = load_config(make_cfg("memory", tmp_path, f"method={method}"))
@@ -157,7 +159,7 @@ def test_miniworld_recipe_renders_headless(monkeypatch):
 
 
 @pytest.mark.atari
-@pytest.mark.parametrize("method", ["rise", "btr"])
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_atari_recipe_end_to_end(tmp_path, method):
     trainer = Trainer(make_cfg("atari", tmp_path, f"method={method}"))
     summary = trainer.run()
@@ -180,7 +182,7 @@ def test_atari_recipe_end_to_end(tmp_path, method):
 
 
 @needs_memory
-@pytest.mark.parametrize("method", ["rise", "btr"])
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_memory_recipe_end_to_end(tmp_path, method):
     trainer = Trainer(make_cfg("memory", tmp_path, f"method={method}"))
     summary = trainer.run()
@@ -191,28 +193,32 @@ def test_memory_recipe_end_to_end(tmp_path, method):
     assert read_csv(trainer.run_dir / "train.csv")[-1]["success_recent"] != ""
 
 
+# (method=recurrent: 2 envs x 32 learning-start transitions = 16 steps each >= 8 + 3)
 @pytest.mark.vizdoom
-def test_vizdoom_recipe_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["rise", "recurrent"])
+def test_vizdoom_recipe_end_to_end(tmp_path, method):
     pytest.importorskip("vizdoom")
-    trainer = Trainer(make_cfg("vizdoom", tmp_path))
+    trainer = Trainer(make_cfg("vizdoom", tmp_path, f"method={method}"))
     trainer.run()
-    check_run(trainer.run_dir, method="rise", frames=256)
+    check_run(trainer.run_dir, method=method, frames=256)
 
 
 @pytest.mark.procgen
-def test_procgen_recipe_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["btr", "recurrent"])
+def test_procgen_recipe_end_to_end(tmp_path, method):
     pytest.importorskip("procgen")
-    trainer = Trainer(make_cfg("procgen", tmp_path, "total_frames=512", "method=btr"))
+    trainer = Trainer(make_cfg("procgen", tmp_path, "total_frames=512", f"method={method}"))
     trainer.run()
-    check_run(trainer.run_dir, method="btr", frames=512)
+    check_run(trainer.run_dir, method=method, frames=512)
 
 
 @pytest.mark.miniworld
-def test_miniworld_recipe_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["rise", "recurrent"])
+def test_miniworld_recipe_end_to_end(tmp_path, method):
     pytest.importorskip("miniworld")
-    trainer = Trainer(make_cfg("miniworld", tmp_path))
+    trainer = Trainer(make_cfg("miniworld", tmp_path, f"method={method}"))
     trainer.run()
-    check_run(trainer.run_dir, method="rise", frames=256)
+    check_run(trainer.run_dir, method=method, frames=256)
 
 
 # ------------------------------------------------------------------------------ resume

@@ -39,8 +39,10 @@ __all__ = [
     "build_replay",
     "embedding_dtype",
     "encoder_info",
+    "evaluation_policy",
     "make_env_factory",
     "probe_env",
+    "recurrent_state_dim",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,13 +75,30 @@ def build_encoder(cfg: TrainConfig, *, frame_channels: int, module: nn.Module | 
     return encoder
 
 
+def recurrent_state_dim(cfg: TrainConfig) -> int:
+    """The LSTM hidden size of ``method=recurrent``'s network (``network.kwargs.lstm_hidden``,
+    else the network's default): the size of the acting state the env's primer registers."""
+    if "lstm_hidden" in cfg.network.kwargs:
+        return int(cfg.network.kwargs["lstm_hidden"])
+    import inspect
+
+    from torchrl_rise.modules import RecurrentBaselineQNetwork
+
+    return int(inspect.signature(RecurrentBaselineQNetwork).parameters["lstm_hidden"].default)
+
+
 def build_actor(cfg: TrainConfig, net: nn.Module, *, env_info, action_spec) -> nn.Module:
-    """The acting policy: ``net`` + BTR's epsilon-greedy schedule of ``cfg.exploration``."""
-    from torchrl_rise.modules import make_actor
+    """The acting policy: ``net`` + BTR's epsilon-greedy schedule of ``cfg.exploration``.
+
+    For ``method=recurrent`` it is :func:`~torchrl_rise.modules.make_recurrent_actor` (the same
+    policy around a step of the LSTM that keeps each env's state; the env built by
+    :class:`EnvFactory` carries the state's primer and TorchRL's ``InitTracker``).
+    """
+    from torchrl_rise.modules import make_actor, make_recurrent_actor
 
     ex = cfg.exploration
     try:
-        return make_actor(
+        return (make_recurrent_actor if cfg.uses_sequences else make_actor)(
             net,
             action_spec=action_spec,
             eps_schedule=ex.schedule,
@@ -93,8 +112,21 @@ def build_actor(cfg: TrainConfig, net: nn.Module, *, env_info, action_spec) -> n
         raise ConfigError(f"invalid exploration configuration: {err}") from err
 
 
+def evaluation_policy(cfg: TrainConfig, net: nn.Module) -> nn.Module:
+    """What :func:`~torchrl_rise.training.evaluation.evaluate` runs: ``net`` (rise, btr), or for
+    ``method=recurrent`` a :class:`~torchrl_rise.modules.RecurrentQStep` over ``net`` (one LSTM
+    step per env, its state carried by the evaluation env's primer and reset by its
+    ``InitTracker``)."""
+    if not cfg.uses_sequences:
+        return net
+    from torchrl_rise.modules import RecurrentQStep
+
+    return RecurrentQStep(net)
+
+
 class EnvFactory:
-    """Picklable env constructor: ``make_env`` + (for RISE) the context transform.
+    """Picklable env constructor: ``make_env`` + (for RISE) the context transform, or (for
+    ``method=recurrent``) TorchRL's ``InitTracker`` and the primer of the actor's LSTM state.
 
     Collectors call it in worker processes, so it holds only the config values it needs (and,
     in-process, an optional prebuilt encoder to share).
@@ -154,6 +186,8 @@ class EnvFactory:
 
     def __call__(self):
         env = self.make_base()
+        if self.cfg.uses_sequences:
+            return env.append_transform(_recurrent_transforms(self.cfg))
         if self.cfg.method != "rise":
             return env
         from torchrl_rise.envs import describe_env
@@ -171,6 +205,25 @@ class EnvFactory:
             )
         )
         return env
+
+
+def _recurrent_transforms(cfg: TrainConfig):
+    """``InitTracker`` (``is_init``: the actor zeroes the state of envs that restarted) and the
+    primer registering the ``(h, c)`` keys, as ``get_env_transforms_from_module(actor)`` gives."""
+    from torchrl.data import Unbounded
+    from torchrl.envs.transforms import Compose, InitTracker, TensorDictPrimer
+
+    from torchrl_rise import keys
+
+    hidden = recurrent_state_dim(cfg)
+    primer = TensorDictPrimer(
+        {
+            key: Unbounded(shape=(hidden,))
+            for key in (keys.RECURRENT_STATE_H, keys.RECURRENT_STATE_C)
+        },
+        expand_specs=True,
+    )
+    return Compose(InitTracker(), primer)
 
 
 def make_env_factory(
@@ -239,9 +292,12 @@ def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
     if cfg.method == "rise":
         kwargs.setdefault("context_length", cfg.encoder.context_length)
         kwargs["embedding_dim"] = embedding_dim
+    if cfg.uses_sequences:
+        kwargs["burn_in"] = cfg.recurrent.burn_in
     try:
         return make_q_network(
-            cfg.method,
+            # method=recurrent trains the recurrent_baseline network
+            "recurrent_baseline" if cfg.uses_sequences else cfg.method,
             num_actions=env_info.num_actions,
             in_channels=env_info.frame_stack * env_info.frame_channels,
             frame_size=env_info.frame_size,
@@ -255,15 +311,19 @@ def build_loss(cfg: TrainConfig, net: nn.Module):
     """``IQNLoss`` (BTR's IQN + Munchausen) and its hard target updater.
 
     The target is copied after every ``loss.target_update_interval``-th update, buffers included
-    (:class:`~torchrl_rise.objectives.HardTargetUpdate`, as BTR's code).
+    (:class:`~torchrl_rise.objectives.HardTargetUpdate`, as BTR's code). ``method=recurrent``
+    gets :class:`~torchrl_rise.objectives.SequenceIQNLoss` (the same loss over sequences, with
+    ``recurrent.sequence_priority_eta``).
     """
-    from torchrl_rise.objectives import HardTargetUpdate, IQNLoss
+    from torchrl_rise.objectives import HardTargetUpdate, IQNLoss, SequenceIQNLoss
 
     kwargs: dict[str, Any] = dict(cfg.loss.kwargs)
     if cfg.optim.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16
+    if cfg.uses_sequences:
+        kwargs.setdefault("sequence_priority_eta", cfg.recurrent.sequence_priority_eta)
     try:
-        loss = IQNLoss(
+        loss = (SequenceIQNLoss if cfg.uses_sequences else IQNLoss)(
             net,
             munchausen=cfg.loss.munchausen,
             gamma=cfg.loss.gamma,
@@ -283,12 +343,34 @@ def build_optimizer(cfg: TrainConfig, loss: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scratch_dir: Path):
-    """The context-window replay buffer (it refuses to start if its memmaps cannot fit on disk)."""
-    from torchrl_rise.replay import InsufficientDiskSpaceError, RiseReplayBuffer
+    """The context-window replay buffer (it refuses to start if its memmaps cannot fit on disk).
+
+    ``method=recurrent``: :class:`~torchrl_rise.replay.SequenceReplayBuffer` with the
+    ``recurrent`` section's sequence settings; a batch is ``recurrent.batch_size`` sequences.
+    """
+    from torchrl_rise.replay import (
+        InsufficientDiskSpaceError,
+        RiseReplayBuffer,
+        SequenceReplayBuffer,
+    )
 
     rp = cfg.replay
     kwargs: dict[str, Any] = dict(rp.kwargs)
-    if cfg.method == "rise":
+    cls = RiseReplayBuffer
+    batch_size = rp.batch_size
+    if cfg.uses_sequences:
+        rc = cfg.recurrent
+        cls = SequenceReplayBuffer
+        batch_size = rc.batch_size
+        kwargs.update(
+            burn_in=rc.burn_in,
+            learning_length=rc.learning_length,
+            period=rc.period,
+            recurrent_state=rc.recurrent_state,
+            state_dim=recurrent_state_dim(cfg),
+            state_dtype=embedding_dtype(rc.state_dtype),
+        )
+    elif cfg.method == "rise":
         kwargs.update(
             embedding_dim=int(embedding_dim),
             context_length=cfg.encoder.context_length,
@@ -297,7 +379,7 @@ def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scrat
     else:
         kwargs.update(context_length=0)
     try:
-        return RiseReplayBuffer(
+        return cls(
             rp.capacity,
             cfg.env.num_envs,
             frame_shape=(env_info.frame_channels, *env_info.frame_size),
@@ -310,7 +392,7 @@ def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scrat
             importance_weights=rp.importance_weights,
             stratified=rp.stratified,
             max_priority_floor=rp.max_priority_floor,
-            batch_size=rp.batch_size,
+            batch_size=batch_size,
             scratch_dir=Path(rp.scratch_dir) if rp.scratch_dir else scratch_dir,
             seed=cfg.seed,
             **kwargs,

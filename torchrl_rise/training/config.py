@@ -34,6 +34,7 @@ __all__ = [
     "LossConfig",
     "NetworkConfig",
     "OptimConfig",
+    "RecurrentConfig",
     "ReplayConfig",
     "TrainConfig",
     "check_disk_space",
@@ -43,7 +44,7 @@ __all__ = [
     "validate_config",
 ]
 
-METHODS = ("rise", "btr", "recurrent_baseline")
+METHODS = ("rise", "btr", "recurrent")
 SUITES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
 BACKENDS = ("direct", "multi_sync", "ray")
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
@@ -164,6 +165,40 @@ class ReplayConfig:
     max_priority_floor: float = 1.0
     scratch_dir: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecurrentConfig:
+    """``method=recurrent``: the R2D2-style baseline's sequence replay (``docs/recurrent.md``).
+
+    Used by ``method=recurrent`` only (the ``recurrent_baseline`` network,
+    :class:`~torchrl_rise.replay.SequenceReplayBuffer`, ``make_recurrent_actor``,
+    :class:`~torchrl_rise.objectives.SequenceIQNLoss`); everything else (IQN, Munchausen,
+    dueling, noisy nets, n-step, PER, target copies, eps schedule, one update per vector step) is
+    the same BTR agent. The ``replay`` section still sets the buffer's capacity, PER options and
+    ``learning_starts``; ``replay.batch_size`` (transitions) is not used: a batch is
+    ``batch_size`` *sequences*.
+
+    Attributes:
+        burn_in: positions before the trained ones, run without gradient (R2D2: 40); the network
+            gets the same value.
+        learning_length: trained positions per sequence (R2D2: 80).
+        period: episode steps between sequence starts (R2D2: 40).
+        batch_size: sequences per update (R2D2: 64; each trains up to ``learning_length`` steps:
+            5,120 positions against BTR's 256 transitions).
+        recurrent_state: ``stored`` (the actor's state at the sequence start, R2D2) or ``zero``.
+        state_dtype: dtype of the stored ``(h, c)``: ``float16``, ``bfloat16`` or ``float32``.
+        sequence_priority_eta: a sequence's priority is ``eta * max + (1 - eta) * mean`` of its
+            per-step priorities (R2D2: 0.9).
+    """
+
+    burn_in: int = 40
+    learning_length: int = 80
+    period: int = 40
+    batch_size: int = 64
+    recurrent_state: str = "stored"
+    state_dtype: str = "float16"
+    sequence_priority_eta: float = 0.9
 
 
 @dataclass
@@ -291,6 +326,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -301,6 +337,11 @@ class TrainConfig:
     def uses_context(self) -> bool:
         """Whether the method reads the frozen-embedding context window."""
         return self.method == "rise"
+
+    @property
+    def uses_sequences(self) -> bool:
+        """Whether the method learns from stored sequences (``method=recurrent``)."""
+        return self.method == "recurrent"
 
 
 SCHEMA_NAME = "train_schema"
@@ -374,6 +415,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     Raises:
         ConfigError: naming the key, the bad value and how to fix it.
     """
+    if cfg.method == "recurrent_baseline":
+        raise ConfigError(
+            "method=recurrent_baseline is the network's name; the method is method=recurrent "
+            "(the R2D2-style baseline: recurrent_baseline network, sequence replay, "
+            "SequenceIQNLoss)."
+        )
     if cfg.method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}.")
     if cfg.env.suite not in SUITES:
@@ -441,31 +488,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"{rp.importance_weights!r}."
         )
     _positive(rp.max_priority_floor, "replay.max_priority_floor", allow_zero=True)
-    if rp.batch_size > rp.capacity:
-        raise ConfigError(
-            f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
-            "the buffer can never serve such a batch. Lower the batch or raise the capacity."
-        )
-    # Learning starts after the first collector batch that brings env_steps to learning_starts:
-    # every env lane then holds S steps, of which the last n_step have no complete n-step
-    # future yet (a step s is sampleable once step s + n_step is written).
-    E, T, n = cfg.env.num_envs, cfg.collector.steps_per_batch, cfg.loss.n_step
-    batches = max(1, math.ceil(rp.learning_starts / (E * T)))
-    steps = batches * T
-    lane = rp.capacity // E
-    stack = cfg.env.frame_stack or 4
-    # a wrapped lane lost its oldest frame histories
-    stored = steps if lane >= steps else lane - (stack - 1)
-    servable = E * max(0, stored - n)
-    if rp.batch_size > servable:
-        enough = E * T * math.ceil((math.ceil(rp.batch_size / E) + n) / T)
-        raise ConfigError(
-            f"replay.batch_size={rp.batch_size} is more than the buffer can serve when learning "
-            f"starts: {servable} transitions ({E} envs x ({stored} steps each after "
-            f"{batches} batches of {T} vector steps - loss.n_step={n} steps without a complete "
-            f"n-step future), with replay.learning_starts={rp.learning_starts}). Raise "
-            f"replay.learning_starts to at least {enough} or lower replay.batch_size."
-        )
+    if cfg.uses_sequences:
+        _validate_recurrent(cfg)
+    else:
+        _validate_transition_batch(cfg)
     frame_skip = suite_frame_skip(cfg)
     if rp.learning_starts * frame_skip > cfg.total_frames:
         raise ConfigError(
@@ -517,13 +543,6 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             "env transform; worker processes would keep stale copies of it. Use "
             "collector.backend=direct with the online encoder."
         )
-    if cfg.method == "recurrent_baseline":
-        raise ConfigError(
-            "method=recurrent_baseline is not trained by this loop: its R2D2-style network learns "
-            "from stored sequences with burn-in, which the context-window replay does not sample. "
-            "Use it through torchrl_rise.modules / benchmarks for walltime comparisons, or train "
-            "method=rise or method=btr."
-        )
 
     ev = cfg.eval
     _positive(ev.interval_frames, "eval.interval_frames")
@@ -550,6 +569,87 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"the path of a run directory or checkpoint; got {cfg.resume!r}."
         )
     return cfg
+
+
+def _validate_transition_batch(cfg: TrainConfig) -> None:
+    """``replay.batch_size`` transitions must be servable when learning starts (rise, btr)."""
+    rp = cfg.replay
+    if rp.batch_size > rp.capacity:
+        raise ConfigError(
+            f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
+            "the buffer can never serve such a batch. Lower the batch or raise the capacity."
+        )
+    # Learning starts after the first collector batch that brings env_steps to learning_starts:
+    # every env lane then holds S steps, of which the last n_step have no complete n-step
+    # future yet (a step s is sampleable once step s + n_step is written).
+    E, T, n = cfg.env.num_envs, cfg.collector.steps_per_batch, cfg.loss.n_step
+    batches = max(1, math.ceil(rp.learning_starts / (E * T)))
+    steps = batches * T
+    lane = rp.capacity // E
+    stack = cfg.env.frame_stack or 4
+    # a wrapped lane lost its oldest frame histories
+    stored = steps if lane >= steps else lane - (stack - 1)
+    servable = E * max(0, stored - n)
+    if rp.batch_size > servable:
+        enough = E * T * math.ceil((math.ceil(rp.batch_size / E) + n) / T)
+        raise ConfigError(
+            f"replay.batch_size={rp.batch_size} is more than the buffer can serve when learning "
+            f"starts: {servable} transitions ({E} envs x ({stored} steps each after "
+            f"{batches} batches of {T} vector steps - loss.n_step={n} steps without a complete "
+            f"n-step future), with replay.learning_starts={rp.learning_starts}). Raise "
+            f"replay.learning_starts to at least {enough} or lower replay.batch_size."
+        )
+
+
+def _validate_recurrent(cfg: TrainConfig) -> None:
+    """The ``recurrent`` section, and whether the replay can serve a sequence when learning starts."""
+    rc, rp = cfg.recurrent, cfg.replay
+    for name, low in (("burn_in", 0), ("learning_length", 1), ("period", 1), ("batch_size", 1)):
+        value = getattr(rc, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"recurrent.{name} must be an integer >= {low}, got {value!r}.")
+    from torchrl_rise.replay.sequence import RECURRENT_STATE_MODES
+
+    if rc.recurrent_state not in RECURRENT_STATE_MODES:
+        raise ConfigError(
+            f"recurrent.recurrent_state must be one of {RECURRENT_STATE_MODES}, got "
+            f"{rc.recurrent_state!r}."
+        )
+    if rc.state_dtype not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(
+            f"recurrent.state_dtype must be float16, bfloat16 or float32, got {rc.state_dtype!r}."
+        )
+    _probability(rc.sequence_priority_eta, "recurrent.sequence_priority_eta")
+    burn = cfg.network.kwargs.get("burn_in")
+    if burn is not None and burn != rc.burn_in:
+        raise ConfigError(
+            f"network.kwargs.burn_in={burn} differs from recurrent.burn_in={rc.burn_in}: the "
+            "network must burn in what the replay does. Set recurrent.burn_in only."
+        )
+    E, n = cfg.env.num_envs, cfg.loss.n_step
+    stack = cfg.env.frame_stack or 4
+    T = rc.burn_in + rc.learning_length + n
+    lane = rp.capacity // E
+    if lane < T + stack:
+        raise ConfigError(
+            f"replay.capacity={rp.capacity} over env.num_envs={E} leaves {lane} records per env; "
+            f"a sequence needs recurrent.burn_in + recurrent.learning_length + loss.n_step + "
+            f"frame stack = {T + stack}. Raise replay.capacity to at least {(T + stack) * E}."
+        )
+    # A lane's first sequence (start at step 0) is sampleable once learning_length + n_step
+    # steps are written (or its episode ended before, which cannot be known here).
+    steps_per_batch = cfg.collector.steps_per_batch
+    steps = max(1, math.ceil(rp.learning_starts / (E * steps_per_batch))) * steps_per_batch
+    need = rc.learning_length + n
+    if steps < need:
+        enough = E * steps_per_batch * math.ceil(need / steps_per_batch)
+        raise ConfigError(
+            f"replay.learning_starts={rp.learning_starts} gives each of the {E} envs {steps} "
+            f"steps when learning starts, fewer than recurrent.learning_length + loss.n_step = "
+            f"{need}, the steps a sequence needs before it can be sampled (unless its episode "
+            f"ends sooner). Raise replay.learning_starts to at least {enough} or lower "
+            "recurrent.learning_length."
+        )
 
 
 def suite_frame_skip(cfg: TrainConfig) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from torchrl_rise._fileio import CheckpointCorruptError, is_disk_full, write_atomic
-from torchrl_rise.training.builders import Assembly, Components, build_assembly
+from torchrl_rise.training.builders import Assembly, Components, build_assembly, evaluation_policy
 from torchrl_rise.training.builders import _safe_name as _safe
 from torchrl_rise.training.checkpoint import (
     RunLock,
@@ -643,7 +643,7 @@ class Trainer:
             self._eval_env = comps.eval_env_factory()
             torch.set_num_threads(self._num_threads)
         result = evaluate(
-            comps.net,
+            evaluation_policy(cfg, comps.net),  # the net, or one LSTM step of it (recurrent)
             self._eval_env,
             episodes=cfg.eval.episodes,
             eps=cfg.eval.eps,
