@@ -1,7 +1,8 @@
-"""Train RISE (or BTR) on Atari with Beyond The Rainbow's settings.
+"""Train RISE (or BTR, or the recurrent baseline) on Atari with Beyond The Rainbow's settings.
 
     python recipes/atari.py                                  # RISE on Pong, BTR defaults
     python recipes/atari.py method=btr env.env_id=Breakout   # the BTR baseline
+    python recipes/atari.py method=recurrent                 # R2D2-style baseline (docs/recurrent.md)
     python recipes/atari.py preset=quickstart                # a short run (`make quickstart`)
     python recipes/atari.py resume=true                      # continue the latest run
 
@@ -62,6 +63,8 @@ def assemble(cfg: TrainConfig) -> Assembly:
         encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
     embedding_dim = encoder.embedding_dim if encoder is not None else None
 
+    # method=recurrent: the same builders give the recurrent_baseline network (LSTM after the CNN),
+    # the recurrent actor, SequenceIQNLoss and SequenceReplayBuffer (docs/recurrent.md).
     # Dual-stream IQN network (BTR's IMPALA CNN + the context LSTM for RISE), acting policy
     # (noisy nets + BTR's epsilon-greedy schedule), IQN + Munchausen loss, hard target updates.
     net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(cfg.device)

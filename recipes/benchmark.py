@@ -113,6 +113,14 @@ def build_grid(cfg: DictConfig) -> list[Cell]:
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise GridConfigError(f"`seeds` must be a non-empty list of integers, got {seeds!r}.")
+    from torchrl_rise.training.config import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise GridConfigError(
+            f"`methods` has unknown entries {unknown}; choose from {list(METHODS)} "
+            "(the recurrent baseline is `recurrent`)."
+        )
     for key, values in (("methods", methods), ("seeds", seeds)):
         if len(set(values)) != len(values):
             raise GridConfigError(f"`{key}` has duplicates: {values!r}.")

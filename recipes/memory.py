@@ -1,7 +1,8 @@
-"""Train RISE (or BTR) on the pixel memory diagnostic (cue shown L steps before the query).
+"""Train RISE (or BTR, or the recurrent baseline) on the pixel memory diagnostic (cue shown L steps before the query).
 
     python recipes/memory.py                         # RISE with the suite's defaults
     python recipes/memory.py method=btr env.env_id=cue-L40-N4
+    python recipes/memory.py method=recurrent        # the R2D2-style baseline (docs/recurrent.md)
     python recipes/memory.py preset=tiny             # a few thousand frames (what the tests run)
     python recipes/memory.py resume=true             # continue the latest run
 
@@ -63,6 +64,8 @@ def assemble(cfg: TrainConfig) -> Assembly:
         encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
     embedding_dim = encoder.embedding_dim if encoder is not None else None
 
+    # method=recurrent: the same builders give the recurrent_baseline network (LSTM after the CNN),
+    # the recurrent actor, SequenceIQNLoss and SequenceReplayBuffer (docs/recurrent.md).
     # Dual-stream IQN network (BTR's IMPALA CNN + the context LSTM for RISE), acting policy
     # (noisy nets + BTR's epsilon-greedy schedule), IQN + Munchausen loss, hard target updates.
     net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(cfg.device)

@@ -1,7 +1,8 @@
-"""Train RISE (or BTR) on MiniWorld (headless 3D navigation).
+"""Train RISE (or BTR, or the recurrent baseline) on MiniWorld (headless 3D navigation).
 
     python recipes/miniworld.py                         # RISE with the suite's defaults
     python recipes/miniworld.py method=btr env.env_id=MiniWorld-FourRooms-v0
+    python recipes/miniworld.py method=recurrent               # R2D2-style baseline (docs/recurrent.md)
     python recipes/miniworld.py preset=tiny             # a few thousand frames (what the tests run)
     python recipes/miniworld.py resume=true             # continue the latest run
 
@@ -67,6 +68,8 @@ def assemble(cfg: TrainConfig) -> Assembly:
         encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
     embedding_dim = encoder.embedding_dim if encoder is not None else None
 
+    # method=recurrent: the same builders give the recurrent_baseline network (LSTM after the CNN),
+    # the recurrent actor, SequenceIQNLoss and SequenceReplayBuffer (docs/recurrent.md).
     # Dual-stream IQN network (BTR's IMPALA CNN + the context LSTM for RISE), acting policy
     # (noisy nets + BTR's epsilon-greedy schedule), IQN + Munchausen loss, hard target updates.
     net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(cfg.device)

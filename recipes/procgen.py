@@ -1,7 +1,8 @@
-"""Train RISE (or BTR) on Procgen (easy mode, 200 training levels, evaluation on unseen levels).
+"""Train RISE (or BTR, or the recurrent baseline) on Procgen (easy mode, 200 training levels, evaluation on unseen levels).
 
     python recipes/procgen.py                         # RISE with the suite's defaults
     python recipes/procgen.py method=btr env.env_id=starpilot
+    python recipes/procgen.py method=recurrent               # R2D2-style baseline (docs/recurrent.md)
     python recipes/procgen.py preset=tiny             # a few thousand frames (what the tests run)
     python recipes/procgen.py resume=true             # continue the latest run
 
@@ -71,6 +72,8 @@ def assemble(cfg: TrainConfig) -> Assembly:
         encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
     embedding_dim = encoder.embedding_dim if encoder is not None else None
 
+    # method=recurrent: the same builders give the recurrent_baseline network (LSTM after the CNN),
+    # the recurrent actor, SequenceIQNLoss and SequenceReplayBuffer (docs/recurrent.md).
     # Dual-stream IQN network (BTR's IMPALA CNN + the context LSTM for RISE), acting policy
     # (noisy nets + BTR's epsilon-greedy schedule), IQN + Munchausen loss, hard target updates.
     net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(cfg.device)

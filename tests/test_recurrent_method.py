@@ -212,3 +212,23 @@ def test_a_sampled_batch_is_sequences(tmp_path):
         assert torch.isfinite(out["loss"]) and batch["td_error"].shape == (4,)
     finally:
         replay.close()
+
+
+def test_benchmark_grid_accepts_recurrent_and_names_the_methods():
+    import importlib.util
+    import sys
+
+    from omegaconf import OmegaConf
+
+    spec = importlib.util.spec_from_file_location("_bench_rec", ROOT / "recipes" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(bench)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="benchmark", overrides=["methods=[rise,btr,recurrent]"])
+        bad = compose(config_name="benchmark", overrides=["methods=[rise,recurrent_baseline]"])
+    cells = bench.build_grid(cfg)
+    assert {c.method for c in cells} == {"rise", "btr", "recurrent"}
+    assert "recurrent" in OmegaConf.to_container(cfg.method_overrides)
+    with pytest.raises(bench.GridConfigError, match="the recurrent baseline is `recurrent`"):
+        bench.build_grid(bad)
