@@ -232,3 +232,22 @@ def test_benchmark_grid_accepts_recurrent_and_names_the_methods():
     assert "recurrent" in OmegaConf.to_container(cfg.method_overrides)
     with pytest.raises(bench.GridConfigError, match="the recurrent baseline is `recurrent`"):
         bench.build_grid(bad)
+
+
+def test_multi_process_collector_carries_the_state_in_its_workers(tmp_path):
+    """Worker processes build their envs with the primer and act with a copy of the actor."""
+    trainer = Trainer(
+        tiny(tmp_path, total_frames=256, collector={"backend": "multi_sync", "num_workers": 2})
+    )
+    summary = trainer.run()
+    assert summary["status"] == "finished" and summary["updates"] > 0
+    cfg = load_config(tiny(tmp_path))
+    replay = build_assembly(cfg).make_replay(scratch_dir=tmp_path / "again")
+    try:
+        replay.loads(load_checkpoint(trainer.run_dir)["replay_dir"])
+        batch = replay.gather(replay.sampleable_index())
+    finally:
+        replay.close()
+    # starts at episode step 4 (period 4) hold the state the workers' actors carried to there
+    nonzero = batch["recurrent_state_h"].abs().sum(-1) > 0
+    assert 0 < int(nonzero.sum()) < batch.numel()
