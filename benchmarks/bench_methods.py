@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed round-robin rounds")
     parser.add_argument("--chunks", type=int, default=4, help="recurrent accumulation chunks")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--recurrent-warmup", type=int, default=1, help="0: no warm-up update for recurrent"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,16 +154,23 @@ def main() -> None:
                     for m in methods}  # fmt: skip
         try:
             for m in methods:  # warm-up: first allocation, first sample
-                print(f"[warm-up] {m}: {learners[m].update():.2f} s", flush=True)
+                if m != "recurrent" or args.recurrent_warmup:
+                    print(f"[warm-up] {m}: {learners[m].update():.2f} s", flush=True)
             times: dict[str, list[float]] = {m: [] for m in methods}
             for r in range(args.rounds):
                 for m in methods:
                     times[m].append(learners[m].update())
                     print(f"[round {r}] {m}: {times[m][-1]:.2f} s", flush=True)
+                # a report after every round: a long run stopped early keeps what it measured
+                report(args, learners, times, time.perf_counter() - started)
         finally:
-            info = {m: (learners[m].batch, learners[m].cfg) for m in learners}
             for learner in learners.values():
                 learner.close()
+
+
+def report(args, learners, times, elapsed: float) -> None:
+    methods = tuple(times)
+    info = {m: (learners[m].batch, learners[m].cfg) for m in learners}
     cfg = info["btr"][1]
     updates_per_m = 1e6 / (cfg.env.num_envs * 4) * cfg.optim.updates_per_vector_step
     med = {m: statistics.median(times[m]) for m in methods}
@@ -185,7 +195,6 @@ def main() -> None:
         for m in methods
     ]
     saving = 1 - med["rise"] / med["recurrent"]
-    elapsed = time.perf_counter() - started
     body = f"""
 {"Quick mode (small shapes): not Atari's. " if args.quick else ""}Seconds per update (sample +
 loss + backward + clip + Adam + priority write-back) of the three methods as the recipes build
@@ -193,8 +202,10 @@ them ({
         "Atari shapes: 4 x 84 x 84 uint8, 18 actions; rise: 512-d fp16 embeddings"
         if not args.quick
         else "42 x 42 frames, small networks"
-    }), {args.threads} torch threads, medians of {args.rounds}
-round-robin rounds (btr, rise, recurrent, btr, ...) after one warm-up update each, in one process
+    }), {args.threads} torch threads, medians of {len(times["btr"])}
+round-robin rounds (btr, rise, recurrent, btr, ...) after one warm-up update each{
+        "" if args.recurrent_warmup else " (recurrent: none, its update is minutes long)"
+    }, in one process
 on the shared 2-core CPU machine. Hours per 1M frames: {updates_per_m:,.0f} updates (BTR's one
 update per vector step of {cfg.env.num_envs} envs x frame skip 4, kept for every method), learner
 only (collection excluded). Whole run: {elapsed / 60:.1f} min.
