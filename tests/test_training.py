@@ -98,7 +98,7 @@ def test_load_config_merges_and_returns_dataclass():
             {"encoder": {"name": "online"}, "collector": {"backend": "multi_sync"}},
             "worker processes would keep stale copies",
         ),
-        ({"method": "recurrent_baseline"}, "not trained by this loop"),
+        ({"method": "recurrent_baseline"}, "the method is method=recurrent"),
         ({"logging": {"backends": ["csv", "neptune"]}}, "logging.backends has unknown"),
         ({"eval": {"episodes": 0}}, "eval.episodes must be > 0"),
         ({"resume": ""}, "resume must be false, true"),
