@@ -13,6 +13,9 @@
 - ``"auto"``: ImageNet when obtainable, else random with a loud warning.
 
 The weights actually used are in ``encoder.weights_source`` (and ``describe()``).
+
+``precision`` (``"fp32"`` default, ``"bf16"``, ``"int8"``) and ``fuse`` choose a faster variant of
+the loaded network (see :mod:`torchrl_rise.encoders.optimize`); ``int8`` is for CPU collection.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from torchrl_rise.encoders.base import FrozenEncoder, PixelPreprocessor, register_encoder
+from torchrl_rise.encoders.optimize import PRECISIONS, optimize_backbone
 
 __all__ = [
     "TorchvisionEncoder",
@@ -239,6 +243,9 @@ class TorchvisionEncoder(FrozenEncoder):
         weights_source: str,
         preprocessor: PixelPreprocessor,
         chunk_size: int | None = 1024,
+        precision: str = "fp32",
+        channels_last_memory: bool = False,
+        quantized_engine: str | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -248,9 +255,29 @@ class TorchvisionEncoder(FrozenEncoder):
             chunk_size=chunk_size,
         )
         self.backbone = backbone
+        self.precision = precision
+        self._input_dtype = torch.bfloat16 if precision == "bf16" else None
+        self._memory_format = torch.channels_last if channels_last_memory else None
+        self._quantized_engine = quantized_engine
+        if quantized_engine is not None:
+            # int8 kernels are CPU-only: the transform must not move this encoder to a GPU
+            self.follows_data_device = False
         self.freeze()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self._input_dtype is not None:
+            images = images.to(self._input_dtype)
+        if self._memory_format is not None:
+            images = images.contiguous(memory_format=self._memory_format)
+        if self._quantized_engine is not None:
+            if images.device.type != "cpu":
+                raise RuntimeError(
+                    f"the int8 {self.name} encoder runs on CPU only, got images on "
+                    f"{images.device}; use precision='fp32' or 'bf16' on a GPU."
+                )
+            if torch.backends.quantized.engine != self._quantized_engine:
+                # the packed int8 weights belong to the backend they were quantised with
+                torch.backends.quantized.engine = self._quantized_engine
         return self.backbone(images)
 
 
@@ -266,6 +293,10 @@ def _build_torchvision(
     seed: int = 0,
     chunk_size: int | None = 1024,
     download_timeout: float = 10.0,
+    precision: str = "fp32",
+    fuse: bool = False,
+    calibration_frames: torch.Tensor | None = None,
+    calibration_size: int = 128,
 ) -> TorchvisionEncoder:
     import torchvision
 
@@ -280,6 +311,16 @@ def _build_torchvision(
     if weights is None:
         raise ValueError(
             f"weights=None is ambiguous for {arch}: use 'auto', 'imagenet', 'random' or a path."
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}."
+        )
+    if precision == "int8" and arch != "resnet18":
+        raise ValueError(
+            f"precision='int8' is offered for resnet18 only: {arch}'s depthwise and "
+            "squeeze-excitation blocks drift far from fp32 under static int8 quantisation; use "
+            "precision='fp32' (fuse=True for a faster CPU variant) or 'bf16'."
         )
     requested = os.fspath(weights)
 
@@ -323,6 +364,17 @@ def _build_torchvision(
         resize=resize,
         imagenet_normalize=True if imagenet_normalize is None else imagenet_normalize,
     )
+    model.eval()
+    model, variant = optimize_backbone(
+        model,
+        arch=arch,
+        precision=precision,
+        fuse=fuse,
+        preprocessor=preprocessor,
+        calibration_frames=calibration_frames,
+        calibration_size=calibration_size,
+        seed=seed,
+    )
     encoder = TorchvisionEncoder(
         name=arch,
         backbone=model,
@@ -330,8 +382,11 @@ def _build_torchvision(
         weights_source=source,
         preprocessor=preprocessor,
         chunk_size=chunk_size,
+        precision=precision,
+        channels_last_memory=bool(fuse) and precision != "int8",
+        quantized_engine=variant.get("quantized_engine"),
     )
-    encoder._extra_description = {"requested_weights": requested, "seed": seed}
+    encoder._extra_description = {"requested_weights": requested, "seed": seed, **variant}
     return encoder
 
 
