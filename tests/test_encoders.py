@@ -475,6 +475,9 @@ def test_int8_calibration_frames_and_option_errors() -> None:
     assert enc.describe()["quantized_engine"] in torch.backends.quantized.supported_engines
     assert _cosine_min(enc(frames), make_encoder("resnet18", weights="random")(frames)) > 0.98
     assert enc.follows_data_device is False  # int8 kernels are CPU-only
+    # quantised FX modules do not pickle; the encoder does (rebuilt: ParallelEnv workers, saves)
+    clone = pickle.loads(pickle.dumps(enc))
+    assert torch.equal(clone(frames), enc(frames)) and clone.describe() == enc.describe()
     with pytest.raises(RuntimeError, match=r"CPU only"):
         enc.encode(torch.zeros(1, 3, 36, 36, device="meta"))
     with pytest.raises(ValueError, match=r"precision must be one of 'fp32', 'bf16', 'int8'"):

@@ -264,6 +264,12 @@ class TorchvisionEncoder(FrozenEncoder):
             self.follows_data_device = False
         self.freeze()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        recipe = getattr(self, "_rebuild_recipe", None)
+        if recipe is not None:  # int8: quantised FX modules do not pickle, rebuild instead
+            return _rebuild_quantized, recipe
+        return super().__reduce_ex__(protocol)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if self._input_dtype is not None:
             images = images.to(self._input_dtype)
@@ -300,7 +306,7 @@ def _build_torchvision(
 ) -> TorchvisionEncoder:
     import torchvision
 
-    builder, _, head, dim = _ARCHS[arch]
+    builder, _, head, _ = _ARCHS[arch]
     if frame_channels not in (1, 3):
         raise ValueError(
             f"{arch} takes grayscale (frame_channels=1, replicated to RGB) or RGB "
@@ -364,8 +370,56 @@ def _build_torchvision(
         resize=resize,
         imagenet_normalize=True if imagenet_normalize is None else imagenet_normalize,
     )
+    return _assemble(
+        arch,
+        model,
+        weights_source=source,
+        description={"requested_weights": requested, "seed": seed},
+        preprocessor=preprocessor,
+        chunk_size=chunk_size,
+        precision=precision,
+        fuse=fuse,
+        calibration_frames=calibration_frames,
+        calibration_size=calibration_size,
+        seed=seed,
+    )
+
+
+def _assemble(
+    arch: str,
+    model: nn.Module,
+    *,
+    weights_source: str,
+    description: dict[str, Any],
+    preprocessor: PixelPreprocessor,
+    chunk_size: int | None,
+    precision: str,
+    fuse: bool,
+    calibration_frames: torch.Tensor | None,
+    calibration_size: int,
+    seed: int,
+) -> TorchvisionEncoder:
+    """The encoder around ``model`` (fp32, weights loaded), turned into the requested variant."""
     model.eval()
-    model, variant = optimize_backbone(
+    recipe: dict[str, Any] | None = None
+    if precision == "int8":
+        # torch.ao's quantised FX modules do not pickle: keep what rebuilds the same int8 network
+        # (the fp32 weights and the calibration data; quantisation is deterministic)
+        recipe = dict(
+            weights_source=weights_source,
+            description=description,
+            preprocessor=preprocessor,
+            chunk_size=chunk_size,
+            precision=precision,
+            fuse=fuse,
+            calibration_frames=None
+            if calibration_frames is None
+            else calibration_frames.detach().cpu().clone(),
+            calibration_size=calibration_size,
+            seed=seed,
+        )
+        recipe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    backbone, variant = optimize_backbone(
         model,
         arch=arch,
         precision=precision,
@@ -377,17 +431,32 @@ def _build_torchvision(
     )
     encoder = TorchvisionEncoder(
         name=arch,
-        backbone=model,
-        embedding_dim=dim,
-        weights_source=source,
+        backbone=backbone,
+        embedding_dim=_ARCHS[arch][3],
+        weights_source=weights_source,
         preprocessor=preprocessor,
         chunk_size=chunk_size,
         precision=precision,
         channels_last_memory=bool(fuse) and precision != "int8",
         quantized_engine=variant.get("quantized_engine"),
     )
-    encoder._extra_description = {"requested_weights": requested, "seed": seed, **variant}
+    encoder._extra_description = {**description, **variant}
+    if recipe is not None:
+        encoder._rebuild_recipe = (arch, recipe_state, recipe)
     return encoder
+
+
+def _rebuild_quantized(
+    arch: str, state: dict[str, torch.Tensor], recipe: dict[str, Any]
+) -> TorchvisionEncoder:
+    """Unpickle an int8 encoder: quantise its fp32 weights again, with the same calibration."""
+    import torchvision
+
+    builder, _, head, _ = _ARCHS[arch]
+    model = getattr(torchvision.models, builder)(weights=None)
+    setattr(model, head, nn.Identity())
+    model.load_state_dict(state)
+    return _assemble(arch, model, **recipe)
 
 
 @register_encoder("resnet18")
