@@ -430,7 +430,16 @@ def test_variants_stay_close_to_fp32_and_frozen(variant: str, resnet: FrozenEnco
     assert enc.describe()["weights"] == "random(seed=0)"
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize(
+    "variant",
+    # every variant is applied after the weights are loaded (one code path): int8, the one with
+    # its own rebuild path, in the default suite, the others with -m slow
+    [
+        pytest.param("bf16", marks=pytest.mark.slow),
+        pytest.param("fuse", marks=pytest.mark.slow),
+        "int8",
+    ],
+)
 def test_every_weights_path_works_with_every_variant(
     variant: str, tmp_path: Path, offline_hub: Path
 ) -> None:
