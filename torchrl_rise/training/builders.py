@@ -167,7 +167,7 @@ class EnvFactory:
                 encoder,
                 context_length=self.cfg.encoder.context_length,
                 embedding_dtype=embedding_dtype(self.cfg.encoder.dtype),
-                encoder_device=next(encoder.parameters(), torch.empty(0)).device,
+                encoder_device=encoder.device,  # the learner's GPU for direct runs (build_encoder)
             )
         )
         return env
