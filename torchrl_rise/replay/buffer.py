@@ -391,7 +391,7 @@ class RiseReplayBuffer:
             device=self.storage_device if tree != "torchrl" and self.storage_device else "cpu",
             generator=self._make_generator(seed),
         )
-        self._generator = self.sampler._rng
+        self._generator = self.sampler.generator
 
         E = num_envs
         self._lane_next = torch.zeros(E, dtype=torch.long)

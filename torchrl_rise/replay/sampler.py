@@ -170,6 +170,15 @@ class ReadinessSampler(Sampler):
         self._beta = float(value)
 
     @property
+    def generator(self) -> torch.Generator:
+        """The random generator the draws use (part of a checkpoint's state)."""
+        return self._rng
+
+    @generator.setter
+    def generator(self, value: torch.Generator) -> None:
+        self._rng = value
+
+    @property
     def max_capacity(self) -> int:
         """Number of slots."""
         return self._max_capacity
