@@ -23,9 +23,9 @@ def test_a_removed_attribute_is_named():
     class Upgraded:  # a storage of a future TorchRL without the private fields
         pass
 
-    with pytest.raises(AttributeError, match="'_storage'.*_torchrl_adapter.py"):
+    with pytest.raises(AttributeError, match=r"'_storage'.*_torchrl_adapter\.py"):
         _torchrl_adapter.storage_fields(Upgraded())
-    with pytest.raises(AttributeError, match="'_len'.*_torchrl_adapter.py"):
+    with pytest.raises(AttributeError, match=r"'_len'.*_torchrl_adapter\.py"):
         _torchrl_adapter.set_storage_len(Upgraded(), 3)
 
 
