@@ -97,7 +97,7 @@ def nbytes(td: TensorDict) -> int:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3):
-    """Median seconds and minor page faults per call of each fn, run in turn call by call."""
+    """Seconds and minor page faults of each call of each fn, run in turn call by call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -110,10 +110,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
             fn()
             times[name].append(time.perf_counter() - t0)
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    return (
-        {k: statistics.median(v) for k, v in times.items()},
-        {k: statistics.median(v) for k, v in faults.items()},
-    )
+    return times, faults
+
+
+def medians(values: dict[str, list[float]], keep: list[bool] | None = None) -> dict[str, float]:
+    """Median of each list, over the calls where ``keep`` is true (all if ``None``)."""
+    out = {}
+    for k, v in values.items():
+        chosen = [x for x, ok in zip(v, keep or [True] * len(v)) if ok]
+        out[k] = statistics.median(chosen) if chosen else float("nan")
+    return out
 
 
 def make(args, capacity: int, scratch: Path, **kwargs) -> RiseReplayBuffer:
@@ -167,10 +173,11 @@ def main() -> None:
     print(f"filled {capacity} records in {fill_s:.1f} s ({len(rb)} sampleable)")
     old = old_gather()
     ring = rb.output_ring(2)
-    state = {}
+    state = {"mixed": []}
 
     def draw() -> None:
         state["index"], state["weight"] = rb._draw(args.batch)
+        state["mixed"].append(bool(short(rb, state["index"]).any()))
 
     paths = {
         "draw": draw,
@@ -179,12 +186,22 @@ def main() -> None:
     }
     if old is not None:
         paths["old"] = lambda: old(rb, state["index"], state["weight"])
-    draw()
-    new_bytes = nbytes(rb._gather(state["index"], state["weight"], None))
+    # Batch sizes in bytes: a batch where no row's episode ends within n steps (both windows
+    # views of the block) and one where some row's does (the next windows copied out).
+    sizes = {}
+    while len(sizes) < 2:
+        draw()
+        sizes.setdefault(state["mixed"][-1], nbytes(rb._gather(state["index"], state["weight"])))
+    new_bytes, mixed_bytes = sizes[False], sizes[True]
     old_bytes = nbytes(old(rb, state["index"], state["weight"])) if old else 2 * new_bytes
+    state["mixed"].clear()
     src_new, dst_new = (
         torch.empty(new_bytes, dtype=torch.uint8),
         torch.empty(new_bytes, dtype=torch.uint8),
+    )
+    src_mix, dst_mix = (
+        torch.empty(mixed_bytes, dtype=torch.uint8),
+        torch.empty(mixed_bytes, dtype=torch.uint8),
     )
     src_old, dst_old = (
         torch.empty(old_bytes, dtype=torch.uint8),
@@ -192,6 +209,7 @@ def main() -> None:
     )
     paths["memcpy_new"] = lambda: dst_new.copy_(src_new)
     paths["memcpy_old"] = lambda: dst_old.copy_(src_old)
+    paths["memcpy_mixed"] = lambda: dst_mix.copy_(src_mix)
     seq_rb = ReplayBuffer(
         storage=TensorStorage(_torchrl_adapter.storage_fields(rb.storage)),
         sample_unit=Sequence(
@@ -199,23 +217,24 @@ def main() -> None:
         ),
         batch_size=args.batch,
     )
-    med, faults = interleaved(paths, args.repeats)
+    times, fault_lists = interleaved(paths, args.repeats)
+    flags = state["mixed"][-args.repeats :]
+    med, faults = medians(times), medians(fault_lists)
+    med_pure = medians(times, [not x for x in flags])
+    med_mixed = medians(times, flags)
     seq_rb.sample()  # warm-up
     t_seq = statistics.median(_timed(seq_rb.sample) for _ in range(max(3, args.repeats // 3)))
     # Share of batches with a row whose episode ends within n steps (its next window is copied).
-    mixed = statistics.mean(
-        float((rb.sample()["steps_to_next_obs"] < args.n_step).any()) for _ in range(200)
-    )
+    mixed = statistics.mean(float(short(rb, rb._draw(args.batch)[0]).any()) for _ in range(2000))
 
     # Prefetch overlap: sample + fake update, without and with the prefetcher, interleaved in
     # blocks. "GPU-like": the update holds no CPU (a sleep, as a host thread waiting on a GPU
     # step); "CPU": a matmul on torch's 2 threads, competing with the gather for the cores.
     a = torch.randn(384, 384)
-    one = statistics.median(_timed(lambda: a @ a) for _ in range(20))
-    reps = max(1, round(args.update_ms / 1e3 / max(one, 1e-6)))
 
     def cpu_update() -> None:
-        for _ in range(reps):
+        end = time.perf_counter() + args.update_ms / 1e3
+        while time.perf_counter() < end:
             a @ a
 
     def gpu_update() -> None:
@@ -252,7 +271,7 @@ def main() -> None:
         dstate["index"], dstate["weight"] = dev._draw(args.batch)
 
     ddraw()
-    med_dev, faults_dev = interleaved(
+    times_dev, faults_dev = interleaved(
         {
             "draw": ddraw,
             "dev": lambda: dev._gather(dstate["index"], dstate["weight"], dev_ring),
@@ -260,6 +279,7 @@ def main() -> None:
         },
         args.repeats,
     )
+    med_dev, faults_dev = medians(times_dev), medians(faults_dev)
     dev.close()
 
     ms = lambda t: f"{t * 1e3:.2f}"  # noqa: E731
@@ -271,6 +291,8 @@ def main() -> None:
                 "old: two window gathers, fresh output",
                 ms(med["old"]),
                 f"{med['old'] / ref:.2f}x",
+                ms(med_pure["old"]),
+                ms(med_mixed["old"]),
                 f"{faults['old']:.0f}",
                 f"{old_bytes / 1e6:.0f}",
             ]
@@ -280,28 +302,45 @@ def main() -> None:
             "new: one block gather, views, fresh output",
             ms(med["new"]),
             f"{med['new'] / ref:.2f}x",
+            ms(med_pure["new"]),
+            ms(med_mixed["new"]),
             f"{faults['new']:.0f}",
-            f"{new_bytes / 1e6:.0f}",
+            f"{new_bytes / 1e6:.0f} / {mixed_bytes / 1e6:.0f}",
         ],
         [
             "new: one block gather, views, reused buffers",
             ms(ref),
             "1.00x",
+            ms(med_pure["new_reused"]),
+            ms(med_mixed["new_reused"]),
             f"{faults['new_reused']:.0f}",
-            f"{new_bytes / 1e6:.0f}",
+            f"{new_bytes / 1e6:.0f} / {mixed_bytes / 1e6:.0f}",
         ],
-        ["  PER draw (TorchRL sum tree), added to each", ms(med["draw"]), "", "", ""],
+        ["  PER draw (TorchRL sum tree), added to each", ms(med["draw"]), "", "", "", "", ""],
         [
-            f"memcpy of the new path's {new_bytes / 1e6:.0f} MB",
+            f"memcpy of {new_bytes / 1e6:.0f} MB (new path, no row with m < n)",
             ms(med["memcpy_new"]),
             f"{med['memcpy_new'] / ref:.2f}x",
             "",
             "",
+            "",
+            "",
         ],
         [
-            f"memcpy of the old path's {old_bytes / 1e6:.0f} MB",
+            f"memcpy of {mixed_bytes / 1e6:.0f} MB (new path, some row with m < n)",
+            ms(med["memcpy_mixed"]),
+            f"{med['memcpy_mixed'] / ref:.2f}x",
+            "",
+            "",
+            "",
+            "",
+        ],
+        [
+            f"memcpy of {old_bytes / 1e6:.0f} MB (old path)",
             ms(med["memcpy_old"]),
             f"{med['memcpy_old'] / ref:.2f}x",
+            "",
+            "",
             "",
             "",
         ],
@@ -309,6 +348,8 @@ def main() -> None:
             "`torchrl.data.Sequence(length=1, burn_in=K-1, bootstrap=n)`, every key",
             ms(t_seq),
             f"{t_seq / ref:.1f}x",
+            "",
+            "",
             "",
             "",
         ],
@@ -355,7 +396,7 @@ Assembling a batch of {args.batch}, K={args.context}, n={args.n_step}, from a fu
 same drawn slots for every path, interleaved call by call, median of {args.repeats} (minor page
 faults per call from `getrusage`):
 
-{markdown_table(["path", "median (ms)", "vs new, reused", "page faults", "MB written"], rows)}
+{markdown_table(["path", "median (ms)", "vs new, reused", "batches without m < n", "batches with m < n", "page faults", "MB written"], rows)}
 
 `sample()` on the new path with reused buffers (`reuse_output=True`) is the gather plus the draw:
 {ms(sample_new)} ms. Target: at most 15 ms median on the 2-core CPU: {met}. The old path is the
@@ -365,8 +406,8 @@ faults in again: the page-fault column). The new one gathers each transition's `
 rows and `S + n` frames once, into reused buffers; both windows (and masks) are views of that block
 when no row's episode ends within `n` steps. In {mixed * 100:.0f}% of batches here (episodes end
 with probability 1e-3 a step) some row has `m < n`: the next windows are then copied out of the
-block into their own tensor and those rows re-gathered (a sequential copy in RAM, counted in the
-medians). What bounds the rest: the memcpy rows, the same bytes copied once in RAM in the same
+block into their own tensor and those rows re-gathered (a sequential copy in RAM: the second
+figure of "MB written"); the two middle columns split the medians by that. What bounds the rest: the memcpy rows, the same bytes copied once in RAM in the same
 run, are the floor on this machine at this moment (other jobs share its memory bus); the gather
 reads rows at random places of a {capacity * per / 1e9:.2f} GB mapping, so it pays TLB misses on
 top. The figures assume the memmap is in the page cache (the buffer was just written and fits in
@@ -398,6 +439,14 @@ using both cores leaves the gather little to overlap with. Filling took {fill_s:
         write_section("replay", "Context-window replay (`torchrl_rise.replay`)", body)
     shutil.rmtree(args.scratch, ignore_errors=True)
     print(body)
+
+
+def short(rb: RiseReplayBuffer, index: torch.Tensor) -> torch.Tensor:
+    """Which drawn slots' episodes end within n steps (m < n: their next window is copied)."""
+    f, L, n = rb._fields, rb.lane_capacity, rb.n_step
+    s = f["lane_step"][index]
+    fut = (index - index % L)[:, None] + (s[:, None] + torch.arange(n - 1)) % L
+    return (f["terminated"][fut] | f["truncated"][fut]).any(1)
 
 
 def _timed(fn: Callable[[], object]) -> float:

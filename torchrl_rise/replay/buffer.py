@@ -19,7 +19,7 @@ it spans.
 
 Readiness. A step record is *ready* (sampleable) when its n-step future is written (``n`` more
 records of its episode, or the episode's final record) and the ``S - 1`` frames of its stack are
-still stored. Readiness is kept in TorchRL's prioritized sampler: a slot that is not ready has weight
+still stored. Readiness is kept in the prioritized sampler: a slot that is not ready has weight
 zero. The embedding windows of the oldest records of a lane may be cut by the seam; their masks say
 so (the learner sees a shorter context, as at the start of an episode).
 """
@@ -129,8 +129,12 @@ class RiseReplayBuffer:
     Each sampled transition comes with the frame stack and the embedding window of length ``K``
     at ``t`` and at the bootstrap step ``t + m`` (``m <= n`` steps actually taken: fewer when the
     episode ends), the n-step discounted return and the discount of the bootstrap value
-    (``gamma ** m``, zero after termination; truncation bootstraps). Prioritized replay (TorchRL's
-    segment trees) or uniform sampling; checkpoint/resume through :meth:`dumps`/:meth:`loads`.
+    (``gamma ** m``, zero after termination; truncation bootstraps). Prioritized replay (sum/min
+    segment trees: TorchRL's or pure torch, see ``tree``) or uniform sampling; checkpoint/resume
+    through :meth:`dumps`/:meth:`loads`. Both states of a transition are cut from one gathered
+    block of ``K + n`` embeddings and ``S + n`` frames (views when no row's episode ends within
+    ``n`` steps); ``reuse_output``, ``pin_memory``, ``storage_device`` and :meth:`sample_async` /
+    :class:`~torchrl_rise.replay.Prefetcher` make sampling cheaper (see ``docs/replay.md``).
 
     ``extend`` takes collector output laid out ``[num_envs, T]`` (time last, as TorchRL collectors
     over a batched env produce it), ``[T]`` when ``num_envs == 1`` or ``[num_envs]`` (one vector
@@ -1040,7 +1044,7 @@ class RiseReplayBuffer:
         return buf
 
     def _gather(
-        self, index: torch.Tensor, weight: torch.Tensor, ring: _OutputRing | None
+        self, index: torch.Tensor, weight: torch.Tensor, ring: _OutputRing | None = None
     ) -> TensorDict:
         L, n, S, K = self.lane_capacity, self.n_step, self.frame_stack, self.context_length
         f = self._fields
@@ -1092,9 +1096,10 @@ class RiseReplayBuffer:
                 if valid is not None:
                     vnxt = vnxt.clone()
                     v_s = valid_fn(off_s, short)
-                    vnxt[short] = v_s
+                    vnxt.index_copy_(0, short, v_s)
                     slots_s = torch.where(v_s, slots_s, self._zero)
-                nxt[short.to(nxt.device)] = _rows(f[name], slots_s.to(f[name].device))
+                # index_copy_: advanced-index assignment into the big tensor is far slower on CPU.
+                nxt.index_copy_(0, short.to(nxt.device), _rows(f[name], slots_s.to(f[name].device)))
             return cur, nxt, vcur, vnxt
 
         # Frame stacks at t and t+m, clamped to the episode's first frame ("same" padding).
