@@ -174,3 +174,35 @@ def test_extend_waits_for_the_gather_in_flight(tmp_path, monkeypatch):
     writer.join(5)
     assert not writer.is_alive() and future.done()
     rb.close()
+
+
+def test_a_subclass_with_the_two_argument_gather_still_samples_and_prefetches(tmp_path):
+    from torchrl_rise.replay import RiseReplayBuffer
+
+    class Legacy(
+        RiseReplayBuffer
+    ):  # written against _gather(index, weight), e.g. a sequence replay
+        def _gather(self, index, weight):
+            out = super()._gather(index, weight)
+            out["legacy"] = torch.ones(index.numel())
+            return out
+
+    rb = Legacy(
+        64,
+        2,
+        frame_shape=(1, 3, 3),
+        frame_stack=2,
+        embedding_dim=4,
+        context_length=3,
+        n_step=2,
+        batch_size=8,
+        scratch_dir=tmp_path / "s",
+        seed=1,
+        reuse_output=True,
+    )
+    rb.extend(make_batch(2, 20))
+    assert (rb.sample()["legacy"] == 1).all()
+    with Prefetcher(rb) as batches:
+        assert (batches.next()["legacy"] == 1).all()
+        assert (batches.next()["legacy"] == 1).all()
+    rb.close()

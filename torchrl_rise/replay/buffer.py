@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import inspect
 import io
 import json
 import logging
@@ -959,7 +960,7 @@ class RiseReplayBuffer:
         """
         index, weight = self._draw(batch_size)
         ring = self._ring("sample", index.numel()) if self.reuse_output else None
-        return self._gather(index, weight, ring)
+        return self._assemble(index, weight, ring)
 
     def sample_async(
         self, batch_size: int | None = None, *, ring: _OutputRing | None = None
@@ -983,7 +984,7 @@ class RiseReplayBuffer:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="rise-replay-gather"
             )
-        future = self._executor.submit(self._gather, index, weight, ring)
+        future = self._executor.submit(self._assemble, index, weight, ring)
         self._pending = [f for f in self._pending if not f.done()] + [future]
         return future
 
@@ -1020,11 +1021,28 @@ class RiseReplayBuffer:
                 f"{index[bad | ~self._ready[index.clamp(0, self.capacity - 1)]].tolist()[:10]}; "
                 "see sampleable_index()."
             )
-        return self._gather(index, torch.ones(index.numel()), None)
+        return self._gather(index, torch.ones(index.numel()))
 
     def sampleable_index(self) -> torch.Tensor:
         """The slots that hold a sampleable transition, ascending."""
         return self._ready.nonzero().squeeze(-1)
+
+    def _assemble(
+        self, index: torch.Tensor, weight: torch.Tensor, ring: _OutputRing | None
+    ) -> TensorDict:
+        """``_gather`` into ``ring`` where the class's ``_gather`` takes one (a subclass written
+        against the two-argument ``_gather(index, weight)`` gets fresh batches)."""
+        if ring is None or not self._gather_takes_ring():
+            return self._gather(index, weight)
+        return self._gather(index, weight, ring)
+
+    @classmethod
+    def _gather_takes_ring(cls) -> bool:
+        takes = cls.__dict__.get("_takes_ring_cache")
+        if takes is None:
+            takes = "ring" in inspect.signature(cls._gather).parameters
+            cls._takes_ring_cache = takes
+        return takes
 
     def _select(self, name: str, slots: torch.Tensor, out: dict[str, torch.Tensor] | None):
         """``field[slots]`` for slots ``[B, W]``: one ``index_select`` straight into an output

@@ -77,7 +77,7 @@ class Prefetcher:
     def next(self) -> TensorDict:
         """The next batch (valid until the next call); starts assembling the one after it."""
         if not self.enabled:
-            return self.buffer._gather(*self.buffer._draw(self.batch_size), self._ring)
+            return self.buffer._assemble(*self.buffer._draw(self.batch_size), self._ring)
         future = self._future
         if future is None:
             future = self.buffer.sample_async(self.batch_size, ring=self._ring)
