@@ -2,7 +2,8 @@
 # Every target installs what it needs into .venv first (scripts/install.sh is idempotent).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_EXTRAS := dev,vizdoom,miniworld,procgen,cluster
+# ray: tests/test_ray_collector.py runs a local cluster (plain `ray`: ~8 s to install, ~250 MB).
+TEST_EXTRAS := dev,vizdoom,miniworld,procgen,cluster,ray
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install install-dev quickstart test lint bench

@@ -10,7 +10,9 @@ machine. RISE vs BTR vs the recurrent baseline appear as ratios measured in the 
 "learner" (time per gradient update, sampling excluded and included), "training" (collection +
 learning per vector step, per recipe), "encoders" (frozen-encoder throughput and the collector slowdown
 of RiseContextTransform), "replay" (footprint and sampling), "checkpoint" (replay dumps and loads),
-"per" (the PER draw: BTR's rules vs TorchRL's) and "envs" (steps/s per suite).
+"per" (the PER draw: BTR's rules vs TorchRL's), "sequence_replay" (the recurrent baseline's
+sequence batches vs RISE's transitions), "envs" (steps/s per suite) and "collectors" (direct vs
+multi_sync vs Ray collection, and the bytes of a batch; needs ``ray``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "learner": ["bench_learner.py", "--repeats", "3"],
     "replay": ["bench_replay.py"],
+    "sequence_replay": ["bench_sequence_replay.py"],
     "checkpoint": ["bench_checkpoint.py"],
     "per": ["bench_per.py"],
     "encoders": ["bench_encoders.py"],
     "training": ["bench_training.py", "--collect", "5", "--learn", "5"],
     "envs": ["bench_envs.py"],
+    "collectors": ["bench_collectors.py"],
 }
 
 

@@ -388,3 +388,18 @@ def test_bad_inputs_are_rejected_clearly():
         IQNLoss(nn.Linear(2, 2))
     with pytest.raises(NotImplementedError, match="n-step return"):
         loss.make_value_estimator()
+
+
+def test_the_weight_key_is_torchrl_s_priority_weight_and_the_legacy_key_still_reads():
+    from torchrl_rise import keys
+
+    assert keys.WEIGHT == "priority_weight"  # what TorchRL's PrioritizedSampler writes (>= 0.4)
+    loss = IQNLoss(TableIQN(), munchausen=False)
+    assert loss.tensor_keys.priority_weight == "priority_weight"
+    td = _batch(with_weight=False)
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    new = loss(td.clone().set("priority_weight", w))["loss"]
+    old = loss(td.clone().set("_weight", w))["loss"]
+    unweighted = loss(td.clone())["loss"]
+    torch.testing.assert_close(new, old)
+    assert not torch.allclose(new, unweighted)

@@ -19,6 +19,7 @@ from torchrl_rise.modules import (
     make_actor,
     make_eval_actor,
     make_q_network,
+    resample_noise,
     reset_noise,
 )
 from torchrl_rise.objectives import IQNLoss
@@ -161,8 +162,16 @@ def test_noisy_layer_init_and_modes():
         noisy = layer(x)
         assert not torch.allclose(noisy, x @ layer.weight_mu.T + layer.bias_mu)
         torch.testing.assert_close(layer(x), noisy)  # noise changes only on reset
-        assert reset_noise(nn.Sequential(layer, nn.ReLU(), NoisyLinear(4, 1))) == 2
+        assert resample_noise(nn.Sequential(layer, nn.ReLU(), NoisyLinear(4, 1))) == 2
         assert not torch.allclose(layer(x), noisy)
+
+
+def test_reset_noise_is_a_deprecated_alias_of_resample_noise():
+    net = nn.Sequential(NoisyLinear(3, 3), nn.ReLU(), NoisyLinear(3, 1))
+    before = net[0].weight_epsilon.clone()
+    with pytest.warns(DeprecationWarning, match="resample_noise"):
+        assert reset_noise(net) == 2
+    assert not torch.equal(net[0].weight_epsilon, before)
 
 
 def test_network_noise_on_when_exploring_off_in_evaluation():
@@ -176,12 +185,12 @@ def test_network_noise_on_when_exploring_off_in_evaluation():
 
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         a = run()
-        reset_noise(net)
+        resample_noise(net)
         torch.testing.assert_close(run(), a)
     with set_exploration_type(ExplorationType.RANDOM):
         b = run()
         torch.manual_seed(123)  # run() reseeds: draw the new noise from another stream
-        reset_noise(net)
+        resample_noise(net)
         assert not torch.allclose(run(), b)
 
 

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
+from torchrl_rise.training.builders import build_assembly, build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -104,10 +105,52 @@ def test_atari_defaults_are_btr_and_quickstart_is_short():
     assert 20_000 <= quick.total_frames <= 50_000
 
 
-def test_recipe_scripts_call_the_shared_loop():
-    for recipe in RECIPES:
-        text = (ROOT / "recipes" / f"{recipe}.py").read_text()
-        assert f'config_name="{recipe}"' in text and "train(cfg)" in text
+def _recipe_module(recipe: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_recipe_{recipe}", ROOT / "recipes" / f"{recipe}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+@needs_memory
+@pytest.mark.parametrize("method", ["rise", "btr"])
+def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
+    """The recipe's visible assembly and train(cfg)'s build_assembly are the same experiment."""
+    cfg = load_config(make_cfg("memory", tmp_path, f"method={method}"))
+    torch.manual_seed(0)
+    mine = _recipe_module("memory").assemble(cfg)
+    torch.manual_seed(0)
+    package = build_assembly(cfg)
+    for name in ("net", "actor", "loss", "target_updater", "optimizer", "eval_env_factory"):
+        assert type(getattr(mine, name)) is type(getattr(package, name)), name
+    assert mine.env_info == package.env_info and mine.encoder_info == package.encoder_info
+    a, b = _weights(mine.loss), _weights(package.loss)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert mine.eval_env_factory.eval_mode and mine.eval_env_factory.seed != cfg.seed
+    # and it trains: the trainer runs on the recipe's pieces
+    summary = Trainer.from_components(cfg, mine).run()
+    assert summary["status"] == "finished" and summary["frames"] == cfg.total_frames
+    if method == "rise":
+        assert summary["encoder"]["name"] == "downsample"
+
+
+def test_procgen_recipe_evaluates_on_levels_training_never_sees(tmp_path):
+    pytest.importorskip("procgen")
+    cfg = load_config(make_cfg("procgen", tmp_path, "env.kwargs.num_levels=50"))
+    parts = _recipe_module("procgen").assemble(cfg)
+    assert parts.eval_env_factory.cfg.env.eval_kwargs["eval_start_level"] == 50
+
+
+def test_miniworld_recipe_renders_headless(monkeypatch):
+    monkeypatch.delenv("PYGLET_HEADLESS", raising=False)
+    _recipe_module("miniworld")  # importing the recipe must not need a display
+    assert os.environ["PYGLET_HEADLESS"] == "true"
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -175,18 +218,28 @@ def test_miniworld_recipe_end_to_end(tmp_path):
 # ------------------------------------------------------------------------------ resume
 
 
-def _replay_snapshot(replay):
-    index = replay.sampleable_index()
-    batch = replay.gather(index)
-    return index, batch
+def _replay_snapshot(cfg, run: Path, scratch: Path):
+    """Sampleable slots and their transitions in the replay of ``run``'s latest checkpoint.
+
+    (The trainer closes its buffer when the run ends; a fresh one loads the checkpoint.)
+    """
+    comps = build_components(load_config(cfg), scratch_dir=scratch)
+    try:
+        comps.replay.loads(load_checkpoint(run)["replay_dir"])
+        index = comps.replay.sampleable_index()
+        batch = comps.replay.gather(index)
+        return index, batch.clone(), comps.replay.sampler.tree_values(index).clone()
+    finally:
+        comps.replay.close()
 
 
 @pytest.mark.atari
 def test_resume_continues_counters_and_buffer(tmp_path):
-    first = Trainer(make_cfg("atari", tmp_path, "total_frames=1024"))
+    cfg = make_cfg("atari", tmp_path, "total_frames=1024")
+    first = Trainer(cfg)
     first.run()
     run = first.run_dir
-    index, batch = _replay_snapshot(first.components.replay)
+    index, batch, _ = _replay_snapshot(cfg, run, tmp_path / "s1")
     assert index.numel() > 0
 
     # Resuming at the same budget restores everything and trains no further.
@@ -194,8 +247,8 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     same.run()
     assert same.run_dir == run
     for key in ("frames", "env_steps", "updates", "episodes", "iterations"):
-        assert same.counters[key] == first.counters[key], key
-    index2, batch2 = _replay_snapshot(same.components.replay)
+        assert getattr(same.counters, key) == getattr(first.counters, key), key
+    index2, batch2, _ = _replay_snapshot(cfg, run, tmp_path / "s2")
     torch.testing.assert_close(index2, index)
     for key in ("pixels", "action", ("next", "reward"), ("next", "pixels"), "rise_context"):
         torch.testing.assert_close(batch2.get(key), batch.get(key), msg=str(key))
@@ -211,7 +264,7 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     summary = more.run()
     assert more.run_dir == run
     check_run(run, method="rise", frames=2048)
-    assert summary["updates"] > first.counters["updates"]
+    assert summary["updates"] > first.counters.updates
     assert [int(r["frames"]) for r in read_csv(run / "eval.csv")] == [1024, 2048]
 
 
@@ -327,3 +380,319 @@ def test_replay_that_does_not_fit_on_disk(tmp_path):
                 "atari", tmp_path, "replay.capacity=68_719_476_736", "total_frames=300_000_000"
             )
         )
+    assert not (tmp_path / "atari").exists()  # the failed start removed the run dir it made
+
+
+# ------------------------------------------------------------------------------ issue 10: survival
+
+SHORT = [
+    "total_frames=512",
+    "checkpoint.interval_frames=256",
+    "eval.interval_frames=256",
+    "logging.interval_frames=128",
+    "replay.learning_starts=64",
+    "replay.batch_size=8",
+    "method=btr",
+]
+
+
+def _short(tmp_path: Path, run: Path, *overrides: str):
+    return make_cfg("memory", tmp_path, *SHORT, f"logging.run_dir={run}", *overrides)
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@needs_memory
+def test_used_run_dir_refused_refused_resume_keeps_config_failed_start_leaves_nothing(tmp_path):
+    run = tmp_path / "run"
+    train(_short(tmp_path, run, "total_frames=256"))
+    before = {n: (run / n).read_text() for n in ("config.json", "train.csv", "eval.csv")}
+    with pytest.raises(ConfigError, match=r"already holds a run.*resume=true"):
+        train(_short(tmp_path, run, "total_frames=256"))
+    with pytest.raises(ConfigError, match="cannot resume"):
+        train(_short(tmp_path, run, "total_frames=512", "method=rise", "resume=true"))
+    assert {n: (run / n).read_text() for n in before} == before  # config.json not rewritten
+    fresh = tmp_path / "new" / "deeper" / "run"
+    with pytest.raises(ConfigError, match="GiB"):
+        train(_short(tmp_path, fresh, "replay.capacity=68_719_476_736"))
+    assert not (tmp_path / "new").exists()
+
+
+@needs_memory
+def test_run_dir_in_use_is_refused_naming_the_pid(tmp_path):
+    from torchrl_rise.training.checkpoint import RunInUseError, RunLock
+
+    run = tmp_path / "run"
+    train(_short(tmp_path, run, "total_frames=256"))
+    with RunLock(run), pytest.raises(RunInUseError, match=f"in use by process {os.getpid()}"):
+        train(_short(tmp_path, run, "resume=true"))
+
+
+@needs_memory
+def test_resume_falls_back_loudly_from_a_damaged_latest_and_logs_each_frame_once(tmp_path, caplog):
+    from torchrl_rise._fileio import CheckpointCorruptError
+
+    run = tmp_path / "run"
+    train(_short(tmp_path, run, "total_frames=768"))
+    latest = run / "checkpoints" / "frames_000000000768"
+    assert load_checkpoint(run)["path"] == latest
+    data = (latest / "state.pt").read_bytes()
+    (latest / "state.pt").write_bytes(data[: len(data) // 3])
+    # an explicit path is never replaced by another checkpoint
+    with pytest.raises(CheckpointCorruptError, match=r"frames_000000000768/state\.pt"):
+        train(_short(tmp_path, run, "total_frames=1024", f"resume={latest}"))
+    # resume=true goes back to the newest good checkpoint, with a warning naming the bad one
+    with caplog.at_level("WARNING", logger="torchrl_rise"):
+        trainer = Trainer(_short(tmp_path, run, "total_frames=1024", "resume=true"))
+        trainer.run()
+    assert trainer.resumed_from.name == "frames_000000000512"
+    warned = [r.getMessage() for r in caplog.records if "CHECKPOINT DAMAGED" in r.getMessage()]
+    assert warned and "frames_000000000768" in warned[0] and "state.pt" in warned[0]
+    for name in ("train.csv", "eval.csv"):
+        frames = [int(r["frames"]) for r in read_csv(run / name)]
+        assert frames == sorted(set(frames)), name  # rows past 512 were dropped, logged again
+    assert [int(r["frames"]) for r in read_csv(run / "eval.csv")] == [256, 512, 768, 1024]
+    check_run(run, method="btr", frames=1024)
+
+
+@needs_memory
+def test_error_inside_a_step_writes_no_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = Trainer._learn
+
+    def learn(self, comps, n, stats):
+        real(self, comps, n, stats)
+        if self.counters.frames > 300:
+            raise RuntimeError("boom inside the step")
+
+    monkeypatch.setattr(Trainer, "_learn", learn)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(_short(tmp_path, run))
+    summary = _summary(run)
+    assert summary["status"] == "failed" and "boom inside the step" in summary["reason"]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert names == ["frames_000000000256", "replay_chunks"]  # no crash checkpoint
+    assert load_checkpoint(run)["state"]["counters"]["frames"] == 256
+
+
+@needs_memory
+def test_error_at_a_step_boundary_writes_a_crash_checkpoint_resume_ignores(tmp_path, monkeypatch):
+    from torchrl_rise.training.loggers import RunLogger
+
+    run = tmp_path / "run"
+    real = RunLogger.log_train
+
+    def log_train(self, row):
+        if row["frames"] > 300:
+            raise OSError("logging backend went away")
+        real(self, row)
+
+    monkeypatch.setattr(RunLogger, "log_train", log_train)
+    with pytest.raises(OSError, match="went away"):
+        train(_short(tmp_path, run))
+    monkeypatch.undo()
+    crash = list((run / "checkpoints").glob("crash_frames_*"))
+    assert len(crash) == 1 and load_checkpoint(crash[0])["state"]["counters"]["frames"] > 300
+    assert _summary(run)["status"] == "failed"
+    assert load_checkpoint(run)["path"].name == "frames_000000000256"  # latest: the regular one
+    trainer = Trainer(_short(tmp_path, run, "resume=true"))
+    trainer.run()
+    assert trainer.resumed_from.name == "frames_000000000256"
+    assert crash[0].exists()  # never pruned with the regular ones
+    check_run(run, method="btr", frames=512)
+
+
+@needs_memory
+def test_non_finite_weights_never_replace_the_only_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = Trainer._learn
+
+    def learn(self, comps, n, stats):
+        real(self, comps, n, stats)
+        if self.counters.frames == 512:  # just before the periodic save at 512
+            for state in comps.optimizer.state.values():
+                state["exp_avg"].fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "_learn", learn)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        train(_short(tmp_path, run, "checkpoint.keep=1", "total_frames=768"))
+    good = load_checkpoint(run)
+    assert good["path"].name == "frames_000000000256"
+    assert all(
+        torch.isfinite(t).all() for t in good["state"]["loss"].values() if t.is_floating_point()
+    )
+    assert _summary(run)["status"] == "failed"
+    assert list((run / "checkpoints").glob("crash_frames_*"))  # the NaN state, for a post-mortem
+
+
+@needs_memory
+def test_full_disk_during_a_save_fails_the_run_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from torchrl_rise.training import checkpoint as ckpt_module
+    from torchrl_rise.training.loop import DiskFullError
+
+    run = tmp_path / "run"
+    real = ckpt_module.write_atomic
+    calls = []
+
+    def write_atomic(path, write):
+        if Path(path).name == "state.pt":
+            calls.append(path)
+            if len(calls) >= 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(ckpt_module, "write_atomic", write_atomic)
+    with pytest.raises(DiskFullError, match="is full"):
+        train(_short(tmp_path, run))
+    summary = _summary(run)
+    assert summary["status"] == "failed" and "full" in summary["reason"]
+    assert load_checkpoint(run)["path"].name == "frames_000000000256"
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert not list((run / "checkpoints").glob("crash_frames_*"))
+
+
+class _ShortCollector:
+    """A collector that yields ``n`` batches of the real one, then stops."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.inner):
+            if i >= self.n:
+                return
+            yield batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@needs_memory
+@pytest.mark.parametrize(("n", "message"), [(3, "after 3 batches"), (0, "yielded nothing")])
+def test_a_collector_that_stops_early_fails_the_run(tmp_path, n, message):
+    from torchrl_rise.training.loop import CollectorExhaustedError
+
+    run = tmp_path / "run"
+    cfg = load_config(_short(tmp_path, run))
+    parts = build_assembly(cfg)
+    real = parts.make_collector
+    parts.make_collector = lambda **k: _ShortCollector(real(**k), n)
+    with pytest.raises(CollectorExhaustedError, match=message):
+        Trainer.from_components(cfg, parts).run()
+    summary = _summary(run)
+    assert summary["status"] == "failed" and message in summary["reason"]
+    assert summary["frames"] == 4 * n
+
+
+class _DyingCollector(_ShortCollector):
+    """Yields ``n`` batches, then a stop request arrives and the workers die (SIGTERM to all)."""
+
+    def __init__(self, inner, n, trainer):
+        super().__init__(inner, n)
+        self.trainer = trainer
+
+    def __iter__(self):
+        yield from super().__iter__()
+        if self.trainer is not None:
+            self.trainer.request_stop("SIGTERM")
+        raise RuntimeError("a collector worker died")
+
+
+@needs_memory
+def test_a_collector_failing_after_a_stop_request_ends_the_run_as_interrupted(tmp_path):
+    def dying(run: Path, stop: bool) -> Trainer:
+        cfg = load_config(_short(tmp_path, run))
+        parts = build_assembly(cfg)
+        real = parts.make_collector
+        trainer = Trainer(cfg, components=parts)
+        parts.make_collector = lambda **k: _DyingCollector(real(**k), 3, trainer if stop else None)
+        return trainer
+
+    trainer = dying(tmp_path / "run", stop=True)
+    summary = trainer.run()
+    assert summary["status"] == "interrupted" and summary["frames"] == 12
+    assert load_checkpoint(trainer.run_dir)["state"]["counters"]["frames"] == 12
+    assert not list((trainer.run_dir / "checkpoints").glob("crash_frames_*"))
+    with pytest.raises(RuntimeError, match="worker died"):  # without a stop request: an error
+        dying(tmp_path / "run2", stop=False).run()
+
+
+@needs_memory
+def test_stop_request_abandons_a_running_evaluation(tmp_path, monkeypatch):
+    from torchrl_rise.training import loop
+
+    real = loop.evaluate
+    trainer = Trainer(_short(tmp_path, tmp_path / "run", "eval.episodes=1000"))
+
+    def evaluate(*args, **kwargs):
+        trainer.request_stop("test")  # as SIGTERM would, while the evaluation runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    t0 = time.monotonic()
+    summary = trainer.run()
+    assert time.monotonic() - t0 < 60
+    assert summary["status"] == "interrupted" and summary["scores"]["evaluations"] == []
+    assert read_csv(trainer.run_dir / "eval.csv") == []
+    assert load_checkpoint(trainer.run_dir)["state"]["counters"]["frames"] == 256
+
+
+@needs_memory
+def test_disk_budget_counts_the_checkpoints_kept_at_once(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    cfg = _short(tmp_path, tmp_path / "probe")
+    comps = build_components(load_config(cfg), scratch_dir=tmp_path / "probe_scratch")
+    nbytes = comps.replay.nbytes
+    comps.replay.close()
+    usage = shutil_module.disk_usage(tmp_path)
+    # room for the scratch memmaps and one replay snapshot, not for keep + 1 snapshots
+    fake = type(usage)(usage.total, usage.used, int(2.5 * nbytes))
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: fake)
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep=2 kept \+ 1 during a save"):
+        train(_short(tmp_path, run, "checkpoint.interval_frames=100000"))
+    assert not run.exists()
+
+
+def test_recipe_help_lists_the_presets(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "memory.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    ).stdout
+    groups = out.split("== Config ==")[0]
+    assert "preset: debug, quickstart, tiny" in groups
+
+
+def test_a_multirun_writes_nothing_in_the_working_directory(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "memory.py"),
+            "--multirun",
+            "env.num_envs=-1",  # fails at validation: no training
+            f"logging.root={tmp_path / 'runs'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    assert "env.num_envs must be > 0" in done.stderr + done.stdout
+    assert list(cwd.iterdir()) == []
+    assert list((tmp_path / "runs" / ".hydra_sweeps").rglob("multirun.yaml"))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensordict.nn import TensorDictModule
 
+from torchrl_rise._fileio import CheckpointCorruptError
 from torchrl_rise.training import (
     ConfigError,
     TrainConfig,
@@ -170,13 +171,12 @@ class _Evil:
         return (print, ("code ran",))
 
 
-def test_checkpoint_loading_never_executes_code(tmp_path):
-    folder = tmp_path / "frames_000000000001"
-    folder.mkdir()
-    with open(folder / "state.pt", "wb") as f:
-        torch.save({"x": _Evil()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+def test_checkpoint_loading_never_executes_code(tmp_path, capsys):
+    folder = save_checkpoint(tmp_path, {"x": _Evil()}, step=1)  # a valid manifest, evil payload
+    with pytest.raises(CheckpointCorruptError, match=r"state\.pt") as info:
         load_checkpoint(folder)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert "code ran" not in capsys.readouterr().out
 
 
 def test_rng_state_roundtrip(tmp_path):
@@ -255,7 +255,7 @@ def test_summary_schema_and_json_safety(tmp_path):
     )
     path = write_summary(tmp_path / "summary.json", summary)
     data = json.loads(path.read_text())
-    assert data["status"] == "finished"
+    assert data["status"] == "finished" and data["reason"] is None
     assert (data["method"], data["suite"], data["env_id"], data["seed"]) == (
         "rise",
         "memory",
@@ -337,3 +337,248 @@ def test_wandb_backend_without_wandb_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(MissingDependencyError, match=r"torchrl_rise\[wandb\]"):
         RunLogger(tmp_path, backends=["csv", "wandb"])
+
+
+# ---------------------------------------------------------------------------- issue 10: survival
+
+
+def test_checkpoint_manifest_catches_truncation_and_bit_flips(tmp_path):
+    from torchrl_rise.training.checkpoint import verify_checkpoint
+
+    state = {"w": torch.arange(1000, dtype=torch.float32)}
+    path = save_checkpoint(tmp_path, state, step=8)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"state.pt"}
+    good = (path / "state.pt").read_bytes()
+    (path / "state.pt").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointCorruptError, match=r"state\.pt has \d+ bytes"):
+        load_checkpoint(path)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF  # same size, one byte changed
+    (path / "state.pt").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointCorruptError, match=r"state\.pt is damaged"):
+        verify_checkpoint(path)
+    (path / "manifest.json").unlink()
+    with pytest.raises(CheckpointCorruptError, match=r"no manifest\.json"):
+        load_checkpoint(path)
+
+
+def test_non_finite_state_is_never_a_regular_checkpoint(tmp_path):
+    from torchrl_rise.training.checkpoint import NonFiniteStateError, list_checkpoints
+
+    good = save_checkpoint(tmp_path, {"actor": {"w": torch.ones(3)}}, step=1, keep=1)
+    bad = {"actor": {"w": torch.tensor([1.0, float("nan"), 2.0])}, "rng": {}}
+    with pytest.raises(NonFiniteStateError, match=r"actor\.w"):
+        save_checkpoint(tmp_path, bad, step=2, keep=1)
+    assert list_checkpoints(tmp_path) == [good] and not list(tmp_path.glob(".tmp*"))
+    # a crash checkpoint may hold it (post-mortem) but is never latest, listed or pruned
+    crash = save_checkpoint(tmp_path, bad, step=2, keep=1, crash=True)
+    assert crash.name == "crash_frames_000000000002"
+    assert find_latest_checkpoint(tmp_path) == good
+    newer = save_checkpoint(tmp_path, {"actor": {"w": torch.ones(3)}}, step=3, keep=1)
+    assert list_checkpoints(tmp_path) == [newer] and crash.exists()
+    assert torch.isnan(load_checkpoint(crash)["state"]["actor"]["w"]).any()  # by its path
+
+
+def test_failed_save_removes_its_temp_folder_and_keeps_latest(tmp_path):
+    import errno
+
+    first = save_checkpoint(tmp_path, {"a": torch.ones(1)}, step=1)
+
+    def full_disk(path):
+        path.mkdir()
+        (path / "part.bin").write_bytes(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path, {"a": torch.ones(1)}, step=2, save_replay=full_disk)
+    assert not list(tmp_path.glob(".tmp*"))
+    assert find_latest_checkpoint(tmp_path) == first and load_checkpoint(tmp_path)
+
+
+def test_remove_stale_temp_removes_half_written_saves(tmp_path):
+    from torchrl_rise.training.checkpoint import remove_stale_temp
+
+    save_checkpoint(tmp_path, {"a": 1}, step=1)
+    (tmp_path / ".tmp-frames_000000000002-999").mkdir()
+    (tmp_path / ".latest.tmp-999").write_text("x")
+    # a save replacing frames_..03 died after moving the old one aside: it is put back
+    old = save_checkpoint(tmp_path, {"a": 3}, step=3)
+    old.rename(tmp_path / ".tmp-replaced-frames_000000000003-999")
+    removed = sorted(p.name for p in remove_stale_temp(tmp_path))
+    assert removed == [".latest.tmp-999", ".tmp-frames_000000000002-999"]
+    assert (tmp_path / "frames_000000000001").exists()
+    assert load_checkpoint(old)["state"] == {"a": 3}
+    # saving the same frame count twice replaces the checkpoint and leaves nothing aside
+    save_checkpoint(tmp_path, {"a": 4}, step=3)
+    assert load_checkpoint(old)["state"] == {"a": 4} and not list(tmp_path.glob(".tmp*"))
+
+
+def test_run_lock_names_the_live_holder_and_is_free_after_kill_9(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from torchrl_rise.training.checkpoint import RunInUseError, RunLock
+
+    code = (
+        "import sys, time; from torchrl_rise.training.checkpoint import RunLock; "
+        "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=f"in use by process {child.pid}"):
+            RunLock(tmp_path).acquire()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        time.sleep(0.05)
+        lock = RunLock(tmp_path).acquire()  # the kernel dropped the dead holder's lock
+        assert lock.previous_pid == child.pid
+        lock.release()
+        again = RunLock(tmp_path).acquire()
+        assert again.previous_pid is None  # a clean release leaves no pid behind
+        again.release()
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_csv_table_drops_rows_past_the_resumed_checkpoint(tmp_path):
+    path = tmp_path / "train.csv"
+    table = CSVTable(path, columns=("frames", "loss"))
+    for frames in (100, 200, 300, 400):
+        table.write({"frames": frames, "loss": 0.1})
+    table.close()
+    table = CSVTable(path, columns=("frames", "loss"), drop_after_frames=200)
+    assert table.dropped == 2
+    table.write({"frames": 300, "loss": 0.2})
+    table.close()
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frames"]) for r in rows] == [100, 200, 300] and rows[-1]["loss"] == "0.2"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def _memory_cfg(**replay):
+    return {
+        "method": "btr",
+        "total_frames": 4096,
+        "env": {"suite": "memory", "env_id": "cue-L4", "num_envs": 4},
+        "loss": {"n_step": 3},
+        "replay": {"capacity": 4096, **replay},
+    }
+
+
+def test_learning_starts_check_is_exact():
+    # 4 envs, n_step 3: learning starts after 3 vector steps with learning_starts=12, when no
+    # step has a complete 3-step future yet; the old check (12 - 4*2 = 4 >= 4) let it pass.
+    with pytest.raises(ConfigError, match="0 transitions"):
+        load_config(_memory_cfg(learning_starts=12, batch_size=4))
+    # learning_starts=32: 8 steps per env lane, 5 of them sampleable -> 20 transitions.
+    assert load_config(_memory_cfg(learning_starts=32, batch_size=20))
+    with pytest.raises(ConfigError, match="20 transitions"):
+        load_config(_memory_cfg(learning_starts=32, batch_size=21))
+    # collector batches of 4 vector steps: learning starts after 8 steps even for 20
+    cfg = _memory_cfg(learning_starts=20, batch_size=20)
+    cfg["collector"] = {"steps_per_batch": 4}
+    assert load_config(cfg)
+
+
+def test_learning_starts_is_compared_with_total_frames_in_frames():
+    # Atari: 300 transitions are 1200 frames (frame skip 4), more than total_frames=1000.
+    cfg = {
+        "total_frames": 1000,
+        "env": {"num_envs": 4},
+        "replay": {"learning_starts": 300, "batch_size": 8},
+    }
+    with pytest.raises(ConfigError, match="1200 frames"):
+        load_config(cfg)
+    cfg["total_frames"] = 1200
+    assert load_config(cfg).total_frames == 1200
+
+
+def test_unwritable_scratch_dir_fails_up_front(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"replay\.scratch_dir.*not a directory"):
+        load_config({"replay": {"scratch_dir": str(blocker / "scratch")}})
+    assert load_config({"replay": {"scratch_dir": str(tmp_path / "new" / "scratch")}})
+
+
+def test_evaluate_stops_promptly_when_asked():
+    from torchrl.envs import GymEnv
+
+    env = GymEnv("CartPole-v1")
+    net = TensorDictModule(torch.nn.Linear(4, 2), ["observation"], ["action_value"])
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 5
+
+    result = evaluate(net, env, episodes=50, score_key=None, should_stop=should_stop)
+    assert result.interrupted and len(calls) == 6 and result.n < 50
+    assert not evaluate(net, env, episodes=1, score_key=None).interrupted
+
+
+def test_counters_and_schedule_load_from_both_checkpoint_formats():
+    from torchrl_rise.training.loop import STATE_FORMAT, Counters, Schedule, state_counters
+
+    old = {  # format 1: one dict of counts and schedule state
+        "format": 1,
+        "counters": {
+            "frames": 64,
+            "env_steps": 16,
+            "updates": 3,
+            "episodes": 2,
+            "iterations": 4,
+            "walltime_s": 1.5,
+            "update_credit": 0.5,
+            "next_eval": 128,
+            "next_checkpoint": 96,
+            "next_log": 80,
+        },
+    }
+    counters, schedule = state_counters(old)
+    assert counters == Counters(64, 16, 3, 2, 4, 1.5)
+    assert schedule == Schedule(update_credit=0.5, next_eval=128, next_checkpoint=96, next_log=80)
+    new = {"format": STATE_FORMAT, "counters": {"frames": 8}, "schedule": {"next_log": 16}}
+    assert state_counters(new) == (Counters(frames=8), Schedule(next_log=16))
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"format": 99, "counters": {}}, "state format 99, newer"),
+        ({"format": 1, "counters": {"frames": 1, "bogus": 2}}, r"does not know: \['bogus'\]"),
+    ],
+)
+def test_checkpoint_counters_of_another_version_are_refused_clearly(state, message):
+    from torchrl_rise.training.loop import state_counters
+
+    with pytest.raises(ConfigError, match=message):
+        state_counters(state, path="ckpt")
+
+
+def test_a_run_creates_no_trainer_attribute_that_init_did_not(tmp_path):
+    cfg = {
+        "method": "btr",
+        "total_frames": 64,
+        "env": {"suite": "memory", "env_id": "cue-L4", "num_envs": 4, "frame_size": 16},
+        "network": {"kwargs": {"width_scale": 0.25, "mlp_hidden": 16, "spectral_norm": False}},
+        "replay": {"capacity": 256, "batch_size": 8, "learning_starts": 32},
+        "eval": {"episodes": 2, "num_envs": 2},
+        "logging": {"progress": False, "root": str(tmp_path)},
+    }
+    from torchrl_rise.training import Trainer
+
+    trainer = Trainer(cfg)
+    before = set(vars(trainer))
+    summary = trainer.run()
+    assert set(vars(trainer)) == before
+    assert trainer.summary == summary and trainer.counters.frames == 64
+    assert trainer.counters.updates == summary["updates"] > 0

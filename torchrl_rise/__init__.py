@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "make_actor": "torchrl_rise.modules",
     "make_eval_actor": "torchrl_rise.modules",
     "gate_statistics": "torchrl_rise.modules",
+    "resample_noise": "torchrl_rise.modules",
     "reset_noise": "torchrl_rise.modules",
     # loss
     "IQNLoss": "torchrl_rise.objectives",
@@ -93,6 +94,7 @@ __all__ = [
     "make_env",
     "make_eval_actor",
     "make_q_network",
+    "resample_noise",
     "reset_noise",
     "train",
 ]
@@ -110,6 +112,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
         make_actor,
         make_eval_actor,
         make_q_network,
+        resample_noise,
         reset_noise,
     )
     from torchrl_rise.objectives import IQNLoss

@@ -41,4 +41,13 @@ GATE = "rise_gate"
 
 PRIORITY = "td_error"
 INDEX = "index"
-WEIGHT = "_weight"
+WEIGHT = "priority_weight"  # TorchRL >= 0.4 (PrioritizedSampler's info key)
+
+# Recurrent baseline (R2D2-style, docs/recurrent.md): the LSTM state an actor acted from at each
+# step (``[hidden]`` each), TorchRL's episode-start flag, and the masks of sampled sequences
+# (``[T]``: which positions hold a record of the sequence's episode, and which are trained).
+RECURRENT_STATE_H = "recurrent_state_h"
+RECURRENT_STATE_C = "recurrent_state_c"
+IS_INIT = "is_init"
+SEQUENCE_MASK = "sequence_mask"
+LEARN_MASK = "learn_mask"

@@ -24,7 +24,8 @@ from torchrl_rise.modules.networks import (
     RiseQNetwork,
     make_q_network,
 )
-from torchrl_rise.modules.noisy import NoisyLinear, reset_noise
+from torchrl_rise.modules.noisy import NoisyLinear, resample_noise, reset_noise
+from torchrl_rise.modules.recurrent_actor import RecurrentQStep, make_recurrent_actor
 from torchrl_rise.modules.stream import RiseContextModule, RiseContextStream
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ImpalaCNN",
     "NoisyLinear",
     "RecurrentBaselineQNetwork",
+    "RecurrentQStep",
     "RiseContextModule",
     "RiseContextStream",
     "RiseQNetwork",
@@ -47,5 +49,7 @@ __all__ = [
     "make_actor",
     "make_eval_actor",
     "make_q_network",
+    "make_recurrent_actor",
+    "resample_noise",
     "reset_noise",
 ]

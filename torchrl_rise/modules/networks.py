@@ -307,7 +307,9 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
     ``[hidden]`` (zero when absent). Out: ``quantiles`` ``[T - burn_in, N, A]``, ``taus``
     ``[T - burn_in, N]``, ``action_value`` ``[T - burn_in, A]`` and the state after the last step,
     ``("next", "recurrent_state_h")`` / ``("next", "recurrent_state_c")``. With ``T <= burn_in``
-    (e.g. acting, ``T = 1``) no step is burnt in.
+    (e.g. acting, ``T = 1``) no step is burnt in. An optional ``sequence_mask`` ``[T]`` (from
+    :class:`~torchrl_rise.replay.SequenceReplayBuffer`) marks the burn-in's left padding: those
+    positions are skipped, so the given state is the one before the first valid position.
 
     Example:
         >>> import torch
@@ -341,12 +343,13 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
         dueling: bool = True,
         pixels_key: NestedKey = keys.PIXELS,
         recurrent_state_keys: tuple[NestedKey, NestedKey] = (
-            "recurrent_state_h",
-            "recurrent_state_c",
+            keys.RECURRENT_STATE_H,
+            keys.RECURRENT_STATE_C,
         ),
         quantiles_key: NestedKey = keys.QUANTILES,
         taus_key: NestedKey = keys.TAUS,
         action_value_key: NestedKey = keys.ACTION_VALUE,
+        sequence_mask_key: NestedKey | None = keys.SEQUENCE_MASK,
     ) -> None:
         super().__init__(num_taus=num_taus)
         if burn_in < 0:
@@ -378,7 +381,10 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
         self.quantiles_key = quantiles_key
         self.taus_key = taus_key
         self.action_value_key = action_value_key
+        self.sequence_mask_key = sequence_mask_key
         self.in_keys = [pixels_key, *self.recurrent_state_keys]
+        if sequence_mask_key is not None:
+            self.in_keys.append(sequence_mask_key)
         self.out_keys = [
             quantiles_key,
             taus_key,
@@ -392,6 +398,42 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         b, t = pixels.shape[:2]
         return self.cnn(pixels.reshape(b * t, *pixels.shape[2:])).reshape(b, t, -1)
+
+    def _burn_in(
+        self,
+        feats: torch.Tensor,
+        hc: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        b: int,
+        t: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the LSTM over the burn-in features ``[b, burn, F]`` from ``hc``.
+
+        With a ``sequence_mask`` (``[..., T]``), the burn-in's invalid positions are its left
+        padding (a sequence that starts near its episode's start or the replay's write seam):
+        they are skipped, so ``hc`` is the state before the first valid position.
+        """
+        burn = feats.shape[1]
+        if mask is None:
+            return self.lstm(feats, hc)[1]
+        if mask.numel() != b * t:
+            raise ValueError(
+                f"{self.sequence_mask_key!r} must hold one flag per step ([..., T] with T={t}), "
+                f"got shape {tuple(mask.shape)}."
+            )
+        lengths = mask.reshape(b, t)[:, :burn].to(torch.bool).sum(1)
+        if bool((lengths == burn).all()):
+            return self.lstm(feats, hc)[1]
+        # left-align each row's valid suffix, then let a packed sequence stop at its length
+        pad = burn - lengths
+        index = (torch.arange(burn, device=feats.device) + pad[:, None]).clamp(max=burn - 1)
+        feats = feats.gather(1, index[..., None].expand_as(feats))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            feats, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        h, c = self.lstm(packed, hc)[1]
+        empty = (lengths == 0)[None, :, None]  # no valid burn-in: keep the given state
+        return torch.where(empty, hc[0], h), torch.where(empty, hc[1], c)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         pixels = tensordict.get(self.pixels_key)
@@ -412,8 +454,11 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
         hc = (state[0], state[1])
         burn = self.burn_in if t > self.burn_in else 0
         if burn:
+            mask = None
+            if self.sequence_mask_key is not None:
+                mask = tensordict.get(self.sequence_mask_key, None)
             with torch.no_grad():
-                _, hc = self.lstm(self._encode(seq[:, :burn]), hc)
+                hc = self._burn_in(self._encode(seq[:, :burn]), hc, mask, b, t)
             hc = (hc[0].detach(), hc[1].detach())
         out, hc = self.lstm(self._encode(seq[:, burn:]), hc)
         steps = t - burn

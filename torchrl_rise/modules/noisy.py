@@ -5,17 +5,23 @@ only while the exploration type is :attr:`~torchrl.envs.utils.ExplorationType.RA
 use by default). Evaluation under ``set_exploration_type(ExplorationType.DETERMINISTIC)`` uses the mean
 weights. TorchRL losses run their forward in deterministic mode, which would silently switch the noise
 off while learning; :class:`~torchrl_rise.objectives.IQNLoss` therefore runs in ``RANDOM`` mode (BTR
-trains with noise on) and resamples the noise explicitly once per update with :func:`reset_noise`.
+trains with noise on) and resamples the noise explicitly once per update with :func:`resample_noise`.
+
+:func:`resample_noise` was called ``reset_noise`` before; that name is kept as a deprecated alias
+for one release. It was renamed because TorchRL's ``torchrl.modules.reset_noise(layer)`` is a
+different contract: it resets one layer, is meant for ``module.apply(reset_noise)`` and returns
+``None``, while this function walks a whole module and returns how many layers it resampled.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch import nn
 from torchrl.modules import NoisyLinear as _TorchRLNoisyLinear
 
-__all__ = ["NoisyLinear", "reset_noise"]
+__all__ = ["NoisyLinear", "resample_noise", "reset_noise"]
 
 
 class NoisyLinear(_TorchRLNoisyLinear):
@@ -26,7 +32,7 @@ class NoisyLinear(_TorchRLNoisyLinear):
     ``+-1/sqrt(in_features)`` and both sigmas at ``sigma0 / sqrt(in_features)`` (Fortunato et al.;
     TorchRL's parent class scales the bias sigma by ``out_features`` instead).
 
-    The noise buffers change only when :meth:`reset_noise` (or :func:`reset_noise` on a parent
+    The noise buffers change only when :meth:`reset_noise` (or :func:`resample_noise` on a parent
     module) is called.
 
     Args:
@@ -66,7 +72,7 @@ class NoisyLinear(_TorchRLNoisyLinear):
             self.bias_sigma.data.fill_(self.std_init * scale)
 
 
-def reset_noise(module: nn.Module) -> int:
+def resample_noise(module: nn.Module) -> int:
     """Resample the noise of every noisy layer inside ``module`` (TorchRL's and ours).
 
     Args:
@@ -78,7 +84,7 @@ def reset_noise(module: nn.Module) -> int:
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(NoisyLinear(3, 3), nn.ReLU(), NoisyLinear(3, 1))
-        >>> reset_noise(net)
+        >>> resample_noise(net)
         2
     """
     count = 0
@@ -87,3 +93,18 @@ def reset_noise(module: nn.Module) -> int:
             sub.reset_noise()
             count += 1
     return count
+
+
+def reset_noise(module: nn.Module) -> int:
+    """Deprecated alias of :func:`resample_noise` (removed in the next release).
+
+    Not TorchRL's ``torchrl.modules.reset_noise``, which resets a single layer for
+    ``module.apply``; this one walks ``module`` and returns the number of layers resampled.
+    """
+    warnings.warn(
+        "torchrl_rise.modules.reset_noise is deprecated and will be removed in the next release: "
+        "use torchrl_rise.modules.resample_noise (same arguments and return value).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return resample_noise(module)

@@ -15,13 +15,13 @@ from torchrl.objectives import LossModule
 
 from torchrl_rise import keys
 from torchrl_rise.modules.diagnostics import gate_statistics_tensors
-from torchrl_rise.modules.noisy import reset_noise
+from torchrl_rise.modules.noisy import resample_noise
 
 __all__ = ["PRIORITY_REDUCTIONS", "IQNLoss", "quantile_huber_loss"]
 
 MUNCHAUSEN_LOG_POLICY = ("target", "online")
 PRIORITY_REDUCTIONS = ("btr_sum_mean", "mean")
-_TORCHRL_PRIORITY_WEIGHT = "priority_weight"
+_LEGACY_PRIORITY_WEIGHT = "_weight"  # TorchRL < 0.4 and torchrl_rise < 0.2
 
 
 def quantile_huber_loss(
@@ -78,13 +78,12 @@ class IQNLoss(LossModule):
     detached online network (``"online"``, BTR's code: saves the target pass at ``s_t``). Without
     Munchausen: ``T_j = R + gamma_m * Z_target_j(s_{t+n}, argmax_b q_target(s_{t+n}, b))`` (no
     double DQN, as BTR). ``s_{t+n}`` is read from ``("next", ...)`` -- its pixels *and* its own
-    context window. The loss is :func:`quantile_huber_loss` weighted by ``_weight`` (PER
+    context window. The loss is :func:`quantile_huber_loss` weighted by ``priority_weight`` (PER
     importance weights; 1 if absent) and averaged; the per-sample priority ``td_error`` is
     written into the input tensordict for ``rb.update_tensordict_priority(td)``: ``|u_ij|``
     summed over the online taus ``i`` and averaged over the target taus ``j``
     (``priority_reduction="btr_sum_mean"``, BTR's code), or averaged over both (``"mean"``:
     ``N`` times smaller).
-    ``_weight`` absent, TorchRL's ``priority_weight`` is used if present.
 
     Noise: BTR trains with noisy nets on, so this loss runs its networks in ``RANDOM`` exploration
     mode (TorchRL losses default to ``DETERMINISTIC``, which would silently turn the noise off) and,
@@ -157,9 +156,9 @@ class IQNLoss(LossModule):
                 ``"steps_to_next_obs"``.
             priority: written per sample: ``|TD|`` reduced over the taus as
                 ``priority_reduction`` says. Defaults to ``"td_error"``.
-            priority_weight: PER importance weights. Defaults to ``"_weight"`` (the
-                replay contract); with that default, TorchRL's ``"priority_weight"`` is read when
-                ``"_weight"`` is absent.
+            priority_weight: PER importance weights. Defaults to ``"priority_weight"`` (what
+                TorchRL's prioritized samplers and ``RiseReplayBuffer`` write); with that default,
+                the older ``"_weight"`` is read when ``"priority_weight"`` is absent.
             gate: gate written by the rise network, summarised in the output.
         """
 
@@ -328,8 +327,8 @@ class IQNLoss(LossModule):
     def _priority_weight(self, td: TensorDictBase) -> torch.Tensor | None:
         weight = td.get(self.tensor_keys.priority_weight, None)
         if weight is None and self.tensor_keys.priority_weight == keys.WEIGHT:
-            # TorchRL's own prioritized buffers write "priority_weight"
-            weight = td.get(_TORCHRL_PRIORITY_WEIGHT, None)
+            # older buffers (TorchRL < 0.4) wrote "_weight"
+            weight = td.get(_LEGACY_PRIORITY_WEIGHT, None)
         return weight
 
     def _munchausen_bonus(self, q_mean: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -374,10 +373,10 @@ class IQNLoss(LossModule):
         if self.resample_noise:
             with torch.no_grad():
                 with self.value_network_params.to_module(self.value_network):
-                    reset_noise(self.value_network)
+                    resample_noise(self.value_network)
                 if self.delay_value:
                     with self.target_value_network_params.to_module(self.value_network):
-                        reset_noise(self.value_network)
+                        resample_noise(self.value_network)
         if self.is_sequence_model:
             return self._forward_sequence(tensordict)
         return self._forward_transition(tensordict)

@@ -12,6 +12,7 @@ from torchrl_rise.replay.buffer import (
 )
 from torchrl_rise.replay.prefetch import Prefetcher
 from torchrl_rise.replay.sampler import ReadinessSampler
+from torchrl_rise.replay.sequence import SequenceReplayBuffer
 from torchrl_rise.replay.snapshot import prune_chunk_store
 from torchrl_rise.replay.sum_tree import TorchMinTree, TorchSumTree
 
@@ -22,6 +23,7 @@ __all__ = [
     "ReadinessSampler",
     "RiseReplayBuffer",
     "ScratchInUseError",
+    "SequenceReplayBuffer",
     "TorchMinTree",
     "TorchSumTree",
     "prune_chunk_store",

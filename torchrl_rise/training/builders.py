@@ -10,7 +10,9 @@ be synchronised; ``encoder.name=online`` is therefore restricted to the single-p
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,23 @@ from torchrl_rise._optional import import_optional
 from torchrl_rise.training.config import ConfigError, TrainConfig
 
 __all__ = [
+    "Assembly",
     "Components",
     "EnvFactory",
+    "build_actor",
+    "build_assembly",
     "build_collector",
     "build_components",
     "build_encoder",
+    "build_logger",
     "build_loss",
     "build_network",
     "build_optimizer",
     "build_replay",
     "embedding_dtype",
+    "encoder_info",
+    "make_env_factory",
+    "probe_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,7 +52,12 @@ def embedding_dtype(name: str) -> torch.dtype:
 
 
 def build_encoder(cfg: TrainConfig, *, frame_channels: int, module: nn.Module | None = None):
-    """The frozen encoder of ``cfg.encoder`` (``module`` is the agent's CNN for ``online``)."""
+    """The frozen encoder of ``cfg.encoder`` (``module`` is the agent's CNN for ``online``).
+
+    With the single-process collector on a GPU (``collector.backend=direct``,
+    ``device=cuda...``) the encoder is moved there: the env transform sends the pixels to it and
+    gets the embeddings back. Worker processes (other backends) keep theirs on the CPU.
+    """
     from torchrl_rise.encoders import make_encoder
 
     kwargs: dict[str, Any] = dict(cfg.encoder.kwargs)
@@ -53,7 +67,30 @@ def build_encoder(cfg: TrainConfig, *, frame_channels: int, module: nn.Module | 
         kwargs["module"] = module
     else:
         kwargs["weights"] = cfg.encoder.weights
-    return make_encoder(cfg.encoder.name, frame_channels=frame_channels, **kwargs)
+    encoder = make_encoder(cfg.encoder.name, frame_channels=frame_channels, **kwargs)
+    if torch.device(cfg.device).type != "cpu" and cfg.collector.backend == "direct":
+        encoder = encoder.to(cfg.device)
+    return encoder
+
+
+def build_actor(cfg: TrainConfig, net: nn.Module, *, env_info, action_spec) -> nn.Module:
+    """The acting policy: ``net`` + BTR's epsilon-greedy schedule of ``cfg.exploration``."""
+    from torchrl_rise.modules import make_actor
+
+    ex = cfg.exploration
+    try:
+        return make_actor(
+            net,
+            action_spec=action_spec,
+            eps_schedule=ex.schedule,
+            eps_init=ex.eps_start,
+            eps_end=ex.eps_end,
+            eps_decay_frames=ex.eps_decay_frames,
+            eps_off_after_frames=ex.eps_off_after_frames or None,
+            frame_skip=int(env_info.frame_skip),
+        )
+    except ValueError as err:
+        raise ConfigError(f"invalid exploration configuration: {err}") from err
 
 
 class EnvFactory:
@@ -134,6 +171,64 @@ class EnvFactory:
             )
         )
         return env
+
+
+def make_env_factory(
+    cfg: TrainConfig,
+    *,
+    eval_mode: bool = False,
+    encoder: nn.Module | None = None,
+    num_envs: int | None = None,
+    seed: int | None = None,
+) -> EnvFactory:
+    """The :class:`EnvFactory` of the training envs (or, with ``eval_mode``, the evaluation envs).
+
+    Defaults: ``env.num_envs`` envs seeded from ``seed`` for training; ``eval.num_envs`` envs
+    seeded from ``seed + 1_000_003`` (never the training seeds) with ``env.eval_kwargs`` for
+    evaluation.
+
+    Example:
+        >>> from torchrl_rise.training import load_config
+        >>> cfg = load_config({"env": {"suite": "memory", "env_id": "cue-L4", "num_envs": 2}})
+        >>> factory = make_env_factory(cfg, eval_mode=True)
+        >>> factory.num_envs, factory.seed, factory.eval_mode
+        (8, 1000003, True)
+    """
+    if num_envs is None:
+        num_envs = cfg.eval.num_envs if eval_mode else cfg.env.num_envs
+    if seed is None:
+        seed = cfg.seed + 1_000_003 if eval_mode else cfg.seed
+    return EnvFactory(cfg, num_envs=num_envs, seed=seed, eval_mode=eval_mode, encoder=encoder)
+
+
+def probe_env(env_factory: EnvFactory) -> tuple[Any, Any]:
+    """Build one env of ``env_factory`` (without the context transform) and describe it.
+
+    Returns:
+        ``(env_info, action_spec)``: :func:`torchrl_rise.envs.describe_env`'s description and
+        the action spec of a single env.
+    """
+    from torchrl_rise.envs import describe_env
+
+    probe = EnvFactory(env_factory.cfg, num_envs=1, seed=env_factory.seed).make_base()
+    try:
+        env_info = describe_env(probe)
+        action_spec = probe.full_action_spec[probe.action_key]
+        action_spec = action_spec[0] if action_spec.shape else action_spec  # per-env spec
+    finally:
+        probe.close()
+    return env_info, action_spec
+
+
+def encoder_info(cfg: TrainConfig, encoder: nn.Module | None) -> dict[str, Any] | None:
+    """What ``summary.json`` records of the encoder (``None`` without one)."""
+    if encoder is None:
+        return None
+    return {
+        "name": cfg.encoder.name,
+        "weights_source": getattr(encoder, "weights_source", None),
+        "embedding_dim": int(encoder.embedding_dim),
+    }
 
 
 def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
@@ -226,23 +321,41 @@ def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scrat
         raise ConfigError(f"invalid replay configuration: {err}") from err
 
 
+# RayCollector stops once it has returned ``total_frames`` frames and, unlike TorchRL's other
+# collectors, does not read -1 as "no limit" (it then returns nothing at all); the loop stops at
+# cfg.total_frames itself.
+_RAY_UNBOUNDED_FRAMES = 2**62
+# Per-actor resources when collector.ray_remote is empty: collectors are CPU actors (TorchRL's own
+# default asks every actor for a fifth of a GPU, which pins them to the learner's GPU node).
+RAY_REMOTE_DEFAULT: dict[str, Any] = {"num_cpus": 1}
+
+
 def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, policy: nn.Module):
     """The TorchRL collector of ``cfg.collector.backend``; each batch is ``[num_envs, T]``.
 
     - ``direct``: :class:`torchrl.collectors.Collector` stepping all ``num_envs`` envs in-process
-      (the training env shares ``encoder`` with the evaluation env).
+      (the training env shares ``encoder`` with the evaluation env; the policy is the learner's
+      own module, so there are no weights to push).
     - ``multi_sync``: :class:`torchrl.collectors.MultiSyncCollector`, ``num_workers`` processes
       of ``num_envs / num_workers`` envs each; their batches are concatenated env-wise
       (``cat_results=0``) so row ``i`` is always env ``i`` (the replay keeps one lane per env).
-    - ``ray``: :class:`torchrl.collectors.distributed.RayCollector` (``pip install ray``), in
-      sync mode for the same reason; batches come stacked ``[workers, envs, T]`` and the loop
-      flattens them.
+    - ``ray``: :class:`torchrl.collectors.distributed.RayCollector` (``pip install ray``) with one
+      remote :class:`~torchrl.collectors.Collector` per worker, in sync mode for the same reason;
+      worker ``w`` steps envs ``w * E .. (w + 1) * E - 1`` (``E = num_envs / num_workers``).
+
+    The two multi-worker backends are wrapped in
+    :class:`~torchrl_rise.training.collectors.LaneOrderedCollector`, which flattens Ray's
+    ``[workers, E, T]`` batches worker-major and pushes the weights on every
+    ``collector.weight_sync_interval``-th request of the loop.
 
     ``T`` is ``collector.steps_per_batch`` (1: one vector step per batch, one update after it).
     """
+    from torchrl_rise.training.collectors import LaneOrderedCollector, acting_copy
+
     co = cfg.collector
+    frames_per_batch = cfg.env.num_envs * co.steps_per_batch
     common = dict(
-        frames_per_batch=cfg.env.num_envs * co.steps_per_batch,
+        frames_per_batch=frames_per_batch,
         total_frames=-1,
         env_device="cpu",
         policy_device=cfg.device,
@@ -263,35 +376,138 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     if co.backend == "multi_sync":
         from torchrl.collectors import MultiSyncCollector
 
-        return MultiSyncCollector(env_fns, policy, cat_results=0, **common)
-    if co.backend == "ray":
-        try:
-            import_optional("ray", extra="ray", purpose="collector.backend=ray")
-        except ImportError as err:
-            raise ConfigError(
-                "collector.backend=ray needs Ray, which is not installed: `pip install ray` "
-                "(or `pip install 'torchrl_rise[ray]'`), or use collector.backend=multi_sync on "
-                "one machine."
-            ) from err
-        from torchrl.collectors import Collector
-        from torchrl.collectors.distributed import RayCollector
-
-        return RayCollector(
-            env_fns,
-            policy,
-            collector_class=Collector,
-            frames_per_batch=common["frames_per_batch"],
-            total_frames=-1,
-            sync=True,
-            ray_init_config=dict(co.ray_init) or None,
-            remote_configs=dict(co.ray_remote) or None,
+        # The workers are spawned: they get a picklable copy (spectral norm baked in).
+        remote_policy = acting_copy(policy)
+        inner = MultiSyncCollector(env_fns, remote_policy, cat_results=0, **common)
+        return LaneOrderedCollector(
+            inner,
+            num_envs=cfg.env.num_envs,
+            weight_sync_interval=co.weight_sync_interval,
+            policy=policy,
+            remote_policy=remote_policy,
         )
+    if co.backend == "ray":
+        return _build_ray_collector(cfg, env_fns, policy, frames_per_batch=frames_per_batch)
     raise ConfigError(f"unknown collector.backend {co.backend!r}")
+
+
+def _warn_if_cluster_too_small(num_workers: int, remote: dict[str, Any]) -> None:
+    """Ray waits, silently and forever, for resources an actor asks for and no node has."""
+    import ray
+
+    available = ray.cluster_resources()
+    for resource in ("num_cpus", "num_gpus"):
+        need = float(remote.get(resource) or 0) * num_workers
+        have = float(available.get("CPU" if resource == "num_cpus" else "GPU", 0))
+        if need > have:
+            logger.warning(
+                "collector.num_workers=%d actors asking for %s=%s each need %g, the Ray cluster "
+                "has %g: collection waits until nodes join. On one machine, lower "
+                "collector.ray_remote.%s (e.g. 0.5) or start Ray with more logical CPUs "
+                "(collector.ray_init.num_cpus).",
+                num_workers,
+                resource,
+                remote.get(resource),
+                need,
+                have,
+                resource,
+            )
+
+
+def _build_ray_collector(cfg: TrainConfig, env_fns, policy: nn.Module, *, frames_per_batch: int):
+    try:
+        import_optional("ray", extra="ray", purpose="collector.backend=ray")
+    except ImportError as err:
+        raise ConfigError(
+            "collector.backend=ray needs Ray, which is not installed: `pip install ray` "
+            "(or `pip install 'torchrl_rise[ray]'`), or use collector.backend=multi_sync on "
+            "one machine."
+        ) from err
+    from torchrl.collectors.distributed import RayCollector
+
+    from torchrl_rise.training.collectors import (
+        LEARNER_UNUSED_KEYS,
+        DropKeys,
+        LaneOrderedCollector,
+        RemoteCollector,
+        acting_copy,
+    )
+
+    co = cfg.collector
+    remote = dict(co.ray_remote) or dict(RAY_REMOTE_DEFAULT)
+    # The remote collectors act on the CPU unless their actors were given GPUs.
+    remote_device = cfg.device if remote.get("num_gpus") else "cpu"
+    remote_policy = acting_copy(policy)
+    inner = RayCollector(
+        env_fns,
+        remote_policy,
+        collector_class=RemoteCollector,
+        collector_kwargs={
+            "auto_register_policy_transforms": False,
+            "track_traj_ids": False,
+            # run in the worker: what the learner does not read does not cross the network
+            "postproc": DropKeys(LEARNER_UNUSED_KEYS),
+        },
+        frames_per_batch=frames_per_batch,
+        total_frames=_RAY_UNBOUNDED_FRAMES,
+        env_device="cpu",
+        storing_device="cpu",
+        policy_device=remote_device,
+        sync=True,
+        ray_init_config=dict(co.ray_init) or None,
+        remote_configs=remote,
+    )
+    _warn_if_cluster_too_small(co.num_workers, remote)
+    collector = LaneOrderedCollector(
+        inner,
+        num_envs=cfg.env.num_envs,
+        weight_sync_interval=co.weight_sync_interval,
+        policy=policy,
+        remote_policy=remote_policy,
+    )
+    try:
+        # Connect the weight-sync channel now (it is lazy otherwise, and TorchRL warns when
+        # iteration starts before it): a cluster that cannot reach the learner fails here.
+        collector.push_weights()
+    except BaseException:
+        inner.shutdown()
+        raise
+    logger.info(
+        "Ray collector: %d remote collectors of %d envs (resources %s), weights pushed every %d "
+        "update batch(es)",
+        co.num_workers,
+        cfg.env.num_envs // co.num_workers,
+        remote,
+        co.weight_sync_interval,
+    )
+    return collector
+
+
+def build_logger(
+    cfg: TrainConfig, *, run_dir: Path, config: dict[str, Any], drop_after_frames: int | None
+):
+    """The run's :class:`~torchrl_rise.training.loggers.RunLogger` (csv + ``logging.backends``)."""
+    from torchrl_rise.training.loggers import RunLogger
+
+    return RunLogger(
+        run_dir,
+        backends=cfg.logging.backends,
+        experiment_name=f"{cfg.env.suite}-{_safe_name(cfg.env.env_id)}-{cfg.method}-s{cfg.seed}",
+        wandb_project=cfg.logging.wandb_project,
+        config=config,
+        drop_after_frames=drop_after_frames,
+    )
+
+
+def _safe_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "env"
 
 
 @dataclass
 class Components:
-    """Everything :class:`~torchrl_rise.training.loop.Trainer` drives."""
+    """Everything :class:`~torchrl_rise.training.loop.Trainer` drives, the replay built."""
 
     env_info: Any
     encoder: nn.Module | None
@@ -305,70 +521,93 @@ class Components:
     eval_env_factory: EnvFactory
 
 
-def build_components(cfg: TrainConfig, *, scratch_dir: Path) -> Components:
-    """Build env info, encoder, network, actor, loss, optimizer and replay (not the collector)."""
-    probe_factory = EnvFactory(cfg, num_envs=1, seed=cfg.seed)
-    probe = probe_factory.make_base()
-    from torchrl_rise.envs import describe_env
+@dataclass
+class Assembly:
+    """What a recipe builds and hands to :class:`~torchrl_rise.training.loop.Trainer`.
 
-    env_info = describe_env(probe)
-    action_spec = probe.full_action_spec[probe.action_key]
-    action_spec = action_spec[0] if action_spec.shape else action_spec  # per-env spec
-    probe.close()
+    The three factories are called by the trainer once it holds the run directory's lock:
+    ``make_replay(scratch_dir=...)`` (the memmaps go under the run), ``make_collector(seed=...)``
+    (a resumed run gets a fresh seed so it does not replay the episodes it saw) and
+    ``make_logger(run_dir=..., config=..., drop_after_frames=...)``.
 
-    encoder = None
-    encoder_info = None
-    embedding_dim = None
-    if cfg.method == "rise":
-        if cfg.encoder.name == "online":
-            raise ConfigError(
-                "encoder.name=online is built from the network's CNN after the network exists; "
-                "it is not supported by the recipes yet: pick a frozen encoder (resnet18, ...)."
-            )
-        encoder = build_encoder(cfg, frame_channels=env_info.frame_channels)
-        embedding_dim = int(encoder.embedding_dim)
-        encoder_info = {
-            "name": cfg.encoder.name,
-            "weights_source": getattr(encoder, "weights_source", None),
-            "embedding_dim": embedding_dim,
-        }
-    device = torch.device(cfg.device)
-    if encoder is not None and device.type != "cpu" and cfg.collector.backend == "direct":
-        encoder = encoder.to(device)  # the env transform sends pixels there, embeddings come back
-    net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(device)
-    from torchrl_rise.modules import make_actor
+    Example:
+        >>> from torchrl_rise.training import load_config
+        >>> cfg = load_config({"method": "btr", "env": {"suite": "memory", "env_id": "cue-L4",
+        ...     "num_envs": 4, "frame_size": 16}, "total_frames": 64,
+        ...     "replay": {"capacity": 256, "batch_size": 8, "learning_starts": 32}})
+        >>> parts = build_assembly(cfg)
+        >>> type(parts.loss).__name__, parts.encoder is None
+        ('IQNLoss', True)
+    """
 
-    ex = cfg.exploration
-    try:
-        actor = make_actor(
-            net,
-            action_spec=action_spec,
-            eps_schedule=ex.schedule,
-            eps_init=ex.eps_start,
-            eps_end=ex.eps_end,
-            eps_decay_frames=ex.eps_decay_frames,
-            eps_off_after_frames=ex.eps_off_after_frames or None,
-            frame_skip=int(env_info.frame_skip),
+    env_info: Any
+    encoder: nn.Module | None
+    net: nn.Module
+    actor: nn.Module
+    loss: nn.Module
+    target_updater: Any
+    optimizer: torch.optim.Optimizer
+    make_replay: Callable[..., Any]
+    make_collector: Callable[..., Any]
+    eval_env_factory: EnvFactory
+    make_logger: Callable[..., Any]
+    encoder_info: dict[str, Any] | None = None
+
+    def components(self, *, scratch_dir: Path) -> Components:
+        """Build the replay under ``scratch_dir``; return the :class:`Components`."""
+        return Components(
+            env_info=self.env_info,
+            encoder=self.encoder,
+            encoder_info=self.encoder_info,
+            net=self.net,
+            actor=self.actor,
+            loss=self.loss,
+            target_updater=self.target_updater,
+            optimizer=self.optimizer,
+            replay=self.make_replay(scratch_dir=scratch_dir),
+            eval_env_factory=self.eval_env_factory,
         )
-    except ValueError as err:
-        raise ConfigError(f"invalid exploration configuration: {err}") from err
-    loss, updater = build_loss(cfg, net)
+
+
+def build_assembly(cfg: TrainConfig) -> Assembly:
+    """Every piece of a run of ``cfg``, as the recipes build them (``train(cfg)`` uses this).
+
+    ``recipes/atari.py`` spells the same steps out; a recipe that changes a piece (an env, the
+    network) builds it its own way and hands the :class:`Assembly` to the trainer.
+    """
+    if cfg.method == "rise" and cfg.encoder.name == "online":
+        raise ConfigError(
+            "encoder.name=online is built from the network's CNN after the network exists; "
+            "it is not supported by the recipes yet: pick a frozen encoder (resnet18, ...)."
+        )
+    env_factory = make_env_factory(cfg)
+    env_info, action_spec = probe_env(env_factory)
+    encoder = (
+        build_encoder(cfg, frame_channels=env_info.frame_channels) if cfg.uses_context else None
+    )
+    embedding_dim = int(encoder.embedding_dim) if encoder is not None else None
+    net = build_network(cfg, env_info=env_info, embedding_dim=embedding_dim).to(cfg.device)
+    actor = build_actor(cfg, net, env_info=env_info, action_spec=action_spec)
+    loss, target_updater = build_loss(cfg, net)
     optimizer = build_optimizer(cfg, loss)
-    replay = build_replay(
-        cfg, env_info=env_info, embedding_dim=embedding_dim, scratch_dir=scratch_dir
-    )
-    eval_factory = EnvFactory(
-        cfg, num_envs=cfg.eval.num_envs, seed=cfg.seed + 1_000_003, eval_mode=True, encoder=encoder
-    )
-    return Components(
+    return Assembly(
         env_info=env_info,
         encoder=encoder,
-        encoder_info=encoder_info,
+        encoder_info=encoder_info(cfg, encoder),
         net=net,
         actor=actor,
         loss=loss,
-        target_updater=updater,
+        target_updater=target_updater,
         optimizer=optimizer,
-        replay=replay,
-        eval_env_factory=eval_factory,
+        make_replay=functools.partial(
+            build_replay, cfg, env_info=env_info, embedding_dim=embedding_dim
+        ),
+        make_collector=functools.partial(build_collector, cfg, encoder=encoder, policy=actor),
+        eval_env_factory=make_env_factory(cfg, eval_mode=True, encoder=encoder),
+        make_logger=functools.partial(build_logger, cfg),
     )
+
+
+def build_components(cfg: TrainConfig, *, scratch_dir: Path) -> Components:
+    """Build env info, encoder, network, actor, loss, optimizer and replay (not the collector)."""
+    return build_assembly(cfg).components(scratch_dir=scratch_dir)

@@ -1,15 +1,19 @@
 """Structured training configuration with validation that explains what is wrong and how to fix it.
 
-The hydra YAML files in ``recipes/config/`` are the user-facing configuration; they are merged onto
-:class:`TrainConfig` (so a misspelt key fails with the key's name) and checked by
-:func:`validate_config` before anything is built. Defaults are Beyond The Rainbow's Atari settings
-(``docs/recipes.md`` lists them); the other suites override what differs.
+These dataclasses are the one home of every default: Beyond The Rainbow's Atari run
+(``docs/recipes.md`` lists them). :func:`register_configs` stores :class:`TrainConfig` in hydra's
+``ConfigStore`` as ``train_schema``, the first entry of every recipe's defaults list; the YAML
+files in ``recipes/config/`` hold only what a suite changes (and the presets what a preset
+changes), so ``train({...})`` from Python and ``python recipes/atari.py`` run the same experiment.
+A misspelt key fails with the key's name, and :func:`validate_config` checks the values before
+anything is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,8 @@ __all__ = [
     "TrainConfig",
     "check_disk_space",
     "load_config",
+    "register_configs",
+    "suite_frame_skip",
     "validate_config",
 ]
 
@@ -80,15 +86,18 @@ class EncoderConfig:
 
     Attributes:
         name: encoder name for ``torchrl_rise.encoders.make_encoder`` (``resnet18``, ``online``...).
-        weights: ``"imagenet"``, a path to a state-dict file, or ``None`` for random frozen weights.
+        weights: ``"auto"`` (ImageNet when cached or downloadable, else seeded random frozen
+            weights with a loud warning), ``"imagenet"`` (fails if unobtainable), ``"random"``, or
+            the path of a state-dict file. Weight-free encoders (``downsample``,
+            ``random_projection``) also accept ``None``; the torchvision encoders refuse it.
         context_length: ``K``, the number of past embeddings (current one included) the LSTM reads.
         dtype: storage dtype of the embeddings (``float16`` or ``float32``).
         kwargs: extra keyword arguments for ``make_encoder``.
     """
 
     name: str = "resnet18"
-    weights: str | None = "imagenet"
-    context_length: int = 20
+    weights: str | None = "auto"
+    context_length: int = 80
     dtype: str = "float16"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -189,13 +198,24 @@ class CollectorConfig:
             method), which every suite supports (MiniWorld's OpenGL hangs in forked workers).
         num_workers: worker processes (or Ray actors); must divide ``env.num_envs``.
         steps_per_batch: vector steps per collector batch (one update per vector step is kept).
-        ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``).
-        ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``).
+        weight_sync_interval: ``multi_sync`` and ``ray``: push the learner's weights (network,
+            noise, eps) to the workers after every N-th collector batch that ran gradient
+            updates (1: after every one, so workers act with the weights of the last batch;
+            with BTR's one update per vector step and ``steps_per_batch=1`` that is every N
+            updates). Larger values send fewer bytes over the network, and the workers act with
+            weights up to N update batches old. ``direct`` acts with the learner's own module,
+            so it must stay 1 there.
+        ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``; empty: the
+            cluster named by ``RAY_ADDRESS``, else a new local one).
+        ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``; empty: one CPU,
+            no GPU). The remote collectors' policy runs on ``device`` when ``num_gpus`` is set,
+            on the CPU otherwise.
     """
 
     backend: str = "direct"
     num_workers: int = 1
     steps_per_batch: int = 1
+    weight_sync_interval: int = 1
     ray_init: dict[str, Any] = field(default_factory=dict)
     ray_remote: dict[str, Any] = field(default_factory=dict)
 
@@ -255,13 +275,13 @@ class TrainConfig:
         >>> cfg = TrainConfig(method="btr", total_frames=50_000_000)
         >>> validate_config(cfg) is cfg
         True
-        >>> cfg.replay.batch_size
-        256
+        >>> cfg.replay.batch_size, cfg.encoder.context_length
+        (256, 80)
     """
 
     method: str = "rise"
     seed: int = 0
-    total_frames: int = 10_000_000
+    total_frames: int = 200_000_000
     device: str = "cpu"
     num_threads: int | None = None
     resume: Any = False
@@ -281,6 +301,26 @@ class TrainConfig:
     def uses_context(self) -> bool:
         """Whether the method reads the frozen-embedding context window."""
         return self.method == "rise"
+
+
+SCHEMA_NAME = "train_schema"
+
+
+def register_configs() -> None:
+    """Store :class:`TrainConfig` in hydra's ``ConfigStore`` as ``train_schema`` (idempotent).
+
+    The recipes' YAML files start their defaults list with ``train_schema``, so the dataclass
+    defaults are the recipe defaults and a misspelt key fails at composition.
+
+    Example:
+        >>> from hydra.core.config_store import ConfigStore
+        >>> register_configs()
+        >>> "train_schema.yaml" in ConfigStore.instance().list("")
+        True
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
 
 
 def load_config(cfg: Any = None, **overrides: Any) -> TrainConfig:
@@ -406,21 +446,36 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"replay.batch_size={rp.batch_size} is larger than replay.capacity={rp.capacity}: "
             "the buffer can never serve such a batch. Lower the batch or raise the capacity."
         )
-    # Before learning starts the buffer holds ``learning_starts`` transitions, of which the last
-    # n-1 of each env have no complete n-step target yet.
-    servable = min(rp.learning_starts, rp.capacity) - cfg.env.num_envs * (cfg.loss.n_step - 1)
+    # Learning starts after the first collector batch that brings env_steps to learning_starts:
+    # every env lane then holds S steps, of which the last n_step have no complete n-step
+    # future yet (a step s is sampleable once step s + n_step is written).
+    E, T, n = cfg.env.num_envs, cfg.collector.steps_per_batch, cfg.loss.n_step
+    batches = max(1, math.ceil(rp.learning_starts / (E * T)))
+    steps = batches * T
+    lane = rp.capacity // E
+    stack = cfg.env.frame_stack or 4
+    # a wrapped lane lost its oldest frame histories
+    stored = steps if lane >= steps else lane - (stack - 1)
+    servable = E * max(0, stored - n)
     if rp.batch_size > servable:
+        enough = E * T * math.ceil((math.ceil(rp.batch_size / E) + n) / T)
         raise ConfigError(
             f"replay.batch_size={rp.batch_size} is more than the buffer can serve when learning "
-            f"starts ({servable} complete transitions: min(learning_starts={rp.learning_starts}, "
-            f"capacity={rp.capacity}) minus {cfg.env.num_envs} envs x (n_step-1)). Raise "
-            "replay.learning_starts or lower replay.batch_size."
+            f"starts: {servable} transitions ({E} envs x ({stored} steps each after "
+            f"{batches} batches of {T} vector steps - loss.n_step={n} steps without a complete "
+            f"n-step future), with replay.learning_starts={rp.learning_starts}). Raise "
+            f"replay.learning_starts to at least {enough} or lower replay.batch_size."
         )
-    if rp.learning_starts > cfg.total_frames:
+    frame_skip = suite_frame_skip(cfg)
+    if rp.learning_starts * frame_skip > cfg.total_frames:
         raise ConfigError(
-            f"replay.learning_starts={rp.learning_starts} exceeds total_frames="
-            f"{cfg.total_frames}: the run would never learn. Lower replay.learning_starts."
+            f"replay.learning_starts={rp.learning_starts} transitions are "
+            f"{rp.learning_starts * frame_skip} frames (frame skip {frame_skip} on "
+            f"{cfg.env.suite}), more than total_frames={cfg.total_frames}: the run would never "
+            "learn. Lower replay.learning_starts or raise total_frames."
         )
+    if rp.scratch_dir:
+        _check_writable_dir(Path(rp.scratch_dir), "replay.scratch_dir")
 
     ex = cfg.exploration
     from torchrl_rise.modules.actor import EPS_SCHEDULES
@@ -439,6 +494,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"collector.backend must be one of {BACKENDS}, got {co.backend!r}.")
     _positive(co.num_workers, "collector.num_workers")
     _positive(co.steps_per_batch, "collector.steps_per_batch")
+    _positive(co.weight_sync_interval, "collector.weight_sync_interval")
+    if co.backend == "direct" and co.weight_sync_interval != 1:
+        raise ConfigError(
+            f"collector.weight_sync_interval={co.weight_sync_interval} has no effect with "
+            "collector.backend=direct, which acts with the learner's own network: leave it at 1, "
+            "or use collector.backend=multi_sync / ray."
+        )
     if co.backend == "direct" and co.num_workers != 1:
         raise ConfigError(
             f"collector.backend=direct runs in one process but collector.num_workers="
@@ -488,6 +550,45 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"the path of a run directory or checkpoint; got {cfg.resume!r}."
         )
     return cfg
+
+
+def suite_frame_skip(cfg: TrainConfig) -> int:
+    """Simulator frames per agent step of ``cfg``'s suite (``env.kwargs.frame_skip`` if set).
+
+    The default is the suite module's ``FRAME_SKIP`` (4 for Atari and ViZDoom), else 1.
+
+    Example:
+        >>> suite_frame_skip(TrainConfig())
+        4
+    """
+    if "frame_skip" in cfg.env.kwargs:
+        return int(cfg.env.kwargs["frame_skip"])
+    import importlib
+
+    from torchrl_rise.envs import SUITES as SUITE_MODULES
+
+    try:
+        module = importlib.import_module(SUITE_MODULES[cfg.env.suite])
+    except ImportError:  # the suite's simulator is missing: make_env will say so
+        return 1
+    return int(getattr(module, "FRAME_SKIP", 1))
+
+
+def _check_writable_dir(path: Path, name: str) -> None:
+    """Fail now, not at the first write, if ``path`` cannot be created or written to."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(
+            f"{name}={str(path)!r} cannot be created: {str(probe)!r} is not a directory. "
+            "Point it to a directory on a local disk."
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{name}={str(path)!r} is not writable: no write permission in {str(probe)!r}. "
+            "Point it to a directory you can write to."
+        )
 
 
 def check_disk_space(

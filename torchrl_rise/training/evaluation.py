@@ -35,12 +35,15 @@ class EvalResult:
         lengths: agent steps of each finished episode.
         successes: per-episode success flags, if the env reports ``success``.
         frames: video frames ``[T, H, W, C]`` uint8 of the first episode of env 0, if recorded.
+        interrupted: ``should_stop`` ended the evaluation early; the scores are partial and
+            should not be reported.
     """
 
     scores: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     successes: list[float] | None = None
     frames: np.ndarray | None = None
+    interrupted: bool = False
 
     @property
     def n(self) -> int:
@@ -94,6 +97,7 @@ def evaluate(
     pixels_key: str = keys.PIXELS,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Play ``episodes`` episodes greedily (eps-greedy) with noise off and return their raw scores.
 
@@ -117,6 +121,9 @@ def evaluate(
         pixels_key: the observation key used for video frames.
         generator: RNG for the eps-greedy draws.
         device: run the policy there (the env's data is moved to it and the actions back).
+        should_stop: checked before every vector step; when it returns true the evaluation is
+            abandoned and the result has ``interrupted=True`` (a stop request must not wait for
+            a long evaluation).
 
     Example:
         >>> import torch
@@ -146,6 +153,14 @@ def evaluate(
         td = env.reset()
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(per_env * max_steps):
+                if should_stop is not None and should_stop():
+                    result.interrupted = True
+                    logger.info(
+                        "evaluation abandoned after %d of %d episodes: stop requested",
+                        result.n,
+                        episodes,
+                    )
+                    break
                 if device is None:
                     td = policy(td)
                     q = td.get(action_value_key)

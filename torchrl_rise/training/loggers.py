@@ -9,6 +9,7 @@ which does not fit a table per run, hence the small writer here.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from torchrl_rise._fileio import write_atomic
 from torchrl_rise._optional import import_optional
 
 __all__ = ["EVAL_COLUMNS", "TRAIN_COLUMNS", "CSVTable", "RunLogger", "write_video"]
@@ -70,6 +72,9 @@ class CSVTable:
     Args:
         path: the CSV file.
         columns: the leading columns, in order.
+        drop_after_frames: on re-opening, first drop the rows whose ``frames`` exceed this (a
+            resume from a checkpoint older than the last row logs those frames again); the file
+            is rewritten atomically.
 
     Example:
         >>> import tempfile, pathlib
@@ -82,15 +87,32 @@ class CSVTable:
         ['frames,loss,gate_mean', '10,0.5,', '20,,0.4']
     """
 
-    def __init__(self, path: str | Path, *, columns: Sequence[str]) -> None:
+    def __init__(
+        self, path: str | Path, *, columns: Sequence[str], drop_after_frames: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.columns = list(columns)
+        self.dropped = 0
         if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as f:
                 header = next(csv.reader(f), [])
             self.columns += [c for c in header if c not in self.columns]
-            if header != self.columns:
-                self._rewrite()
+            rows = None
+            if drop_after_frames is not None:
+                rows = self._read_rows()
+                kept = [r for r in rows if not _after(r.get("frames"), drop_after_frames)]
+                self.dropped = len(rows) - len(kept)
+                if self.dropped:
+                    logger.warning(
+                        "%s: dropped %d rows past frame %d (logged after the checkpoint this run "
+                        "resumes from; they are logged again)",
+                        self.path,
+                        self.dropped,
+                        drop_after_frames,
+                    )
+                rows = kept
+            if header != self.columns or self.dropped:
+                self._rewrite(rows)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "w", newline="") as f:
@@ -98,15 +120,19 @@ class CSVTable:
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 (kept open for the run)
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
 
-    def _rewrite(self) -> None:
+    def _read_rows(self) -> list[dict[str, str]]:
         with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.path)
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, rows: list[dict[str, str]] | None = None) -> None:
+        """Rewrite the file atomically with the current header (and ``rows``, else its own)."""
+        if rows is None:
+            rows = self._read_rows()
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k is not None} for r in rows)
+        write_atomic(self.path, text.getvalue().encode())
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Append ``row`` (missing columns stay empty) and flush."""
@@ -124,6 +150,13 @@ class CSVTable:
         if not self._file.closed:
             self._file.flush()
             self._file.close()
+
+
+def _after(value: str | None, frames: int) -> bool:
+    try:
+        return int(float(value)) > frames
+    except (TypeError, ValueError):
+        return False
 
 
 def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 30) -> Path:
@@ -155,6 +188,8 @@ class RunLogger:
         experiment_name: name given to TensorBoard / W&B.
         wandb_project: the W&B project.
         config: the resolved config, logged as hyperparameters.
+        drop_after_frames: a resumed run's checkpoint frame counter: rows of ``train.csv`` and
+            ``eval.csv`` past it are dropped first, so that each frame is logged once.
 
     Example:
         >>> import tempfile
@@ -172,11 +207,16 @@ class RunLogger:
         experiment_name: str = "run",
         wandb_project: str = "torchrl_rise",
         config: Mapping[str, Any] | None = None,
+        drop_after_frames: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.train = CSVTable(self.run_dir / "train.csv", columns=TRAIN_COLUMNS)
-        self.eval = CSVTable(self.run_dir / "eval.csv", columns=EVAL_COLUMNS)
+        self.train = CSVTable(
+            self.run_dir / "train.csv", columns=TRAIN_COLUMNS, drop_after_frames=drop_after_frames
+        )
+        self.eval = CSVTable(
+            self.run_dir / "eval.csv", columns=EVAL_COLUMNS, drop_after_frames=drop_after_frames
+        )
         self.extra: list[Any] = []
         if "tensorboard" in backends:
             from torchrl.record.loggers import TensorboardLogger

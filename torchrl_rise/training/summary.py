@@ -2,7 +2,7 @@
 
 Schema (documented in ``docs/training.md``)::
 
-    {"status": "finished" | "interrupted", "config": {...}, "method", "suite", "env_id", "seed",
+    {"status": "finished" | "interrupted" | "failed", "reason": str | null, "config": {...}, "method", "suite", "env_id", "seed",
      "run_dir", "encoder": {"name", "weights_source", "embedding_dim"} | null,
      "versions": {"torchrl_rise", "torch", "torchrl", "tensordict", "python"},
      "frames", "updates", "episodes", "walltime_s",
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from torchrl_rise._fileio import write_atomic
 
 __all__ = ["library_versions", "make_summary", "write_summary"]
 
@@ -70,6 +71,7 @@ def make_summary(
     evaluations: Sequence[Mapping[str, Any]],
     final: Mapping[str, Any] | None,
     status: str = "finished",
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Assemble the summary dict.
 
@@ -80,7 +82,9 @@ def make_summary(
         frames / updates / episodes / walltime_s: the run's counters.
         evaluations: one ``{"frames", "mean", "std", "n", ...}`` per evaluation.
         final: the last evaluation with its per-episode scores (``"episodes"``), or ``None``.
-        status: ``"finished"`` or ``"interrupted"``.
+        status: ``"finished"`` (collected ``total_frames``), ``"interrupted"`` (a stop request;
+            resumable) or ``"failed"`` (an error, a full disk, a collector that ran dry).
+        reason: why the run stopped (the stop request or the error), ``None`` when finished.
 
     Example:
         >>> s = make_summary(config={"method": "btr", "seed": 0, "env": {"suite": "atari",
@@ -98,6 +102,7 @@ def make_summary(
     best = max(evals, key=lambda e: e["mean"]) if evals else None
     summary: dict[str, Any] = {
         "status": status,
+        "reason": reason,
         "config": config,
         "method": config.get("method"),
         "suite": env.get("suite"),
@@ -134,9 +139,7 @@ def make_summary(
 
 
 def write_summary(path: str | Path, summary: Mapping[str, Any]) -> Path:
-    """Write ``summary`` as indented JSON, atomically (temp file + rename)."""
+    """Write ``summary`` as indented JSON, atomically (temp file, fsync, rename)."""
     path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode())
     return path
