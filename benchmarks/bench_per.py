@@ -104,7 +104,7 @@ median of {args.repeats}:
 The draw is one vectorised scan of the sum tree for the batch (the torch tree: one gather per tree
 level, {cap.bit_length() - 1} levels); the stratified masses and the batch-max weights are a few
 tensor operations on {args.batch} values. The torch tree's update recomputes the touched parents
-level by level (a `unique` per level). Both trees give the same indices for the same draws
+level by level (one read of the children and one write per level). Both trees give the same indices for the same draws
 (`tests/test_replay_sum_tree.py`). Against `RiseReplayBuffer.sample()` (the gather: the "replay"
 section) the draw is small in every variant.
 """

@@ -62,8 +62,9 @@ class _TorchSegmentTree:
         last.scatter_reduce_(0, inverse, torch.arange(inverse.numel(), device=self.device), "amax")
         node = index + self.capacity
         self.values[node] = value[last]
+        # Parents: a parent listed twice gets the same value twice (no dedup needed per level).
         for _ in range(self.depth):
-            node = torch.unique(node >> 1)
+            node = node >> 1
             self.values[node] = self._op(self.values[2 * node], self.values[2 * node + 1])
 
     def set_all(self, value: torch.Tensor) -> None:
