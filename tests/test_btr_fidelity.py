@@ -309,7 +309,7 @@ def test_config_defaults_are_btr_code_and_old_behaviour_is_an_option():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        base = load_config(compose(config_name="base"))
+        base = load_config(compose(config_name="atari"))
     for section in ("exploration", "replay", "loss"):
         assert getattr(base, section) == getattr(cfg, section), section
 
