@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.test_replay import assert_same, make_batch, make_rb
+from torchrl_rise import keys
 from torchrl_rise.replay import Prefetcher
 
 
@@ -144,7 +145,7 @@ def test_prefetched_batch_stays_valid_until_the_next_call_and_is_deterministic(t
             for _ in range(4):
                 batch = batches.next()
                 again = rb.gather(batch["index"])
-                again["_weight"] = batch["_weight"]
+                again[keys.WEIGHT] = batch[keys.WEIGHT]
                 assert_same(batch, again)
                 out.append(batch.clone())
         runs.append(out)

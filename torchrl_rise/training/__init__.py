@@ -37,6 +37,7 @@ from torchrl_rise.training.config import (
     validate_config,
 )
 from torchrl_rise.training.evaluation import EvalResult, evaluate
+from torchrl_rise.training.learner import DeviceMismatchError, Learner
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.loop import CollectorExhaustedError, DiskFullError, Trainer, train
 from torchrl_rise.training.summary import make_summary, write_summary
@@ -47,12 +48,14 @@ __all__ = [
     "CollectorConfig",
     "CollectorExhaustedError",
     "ConfigError",
+    "DeviceMismatchError",
     "DiskFullError",
     "EncoderConfig",
     "EnvConfig",
     "EvalConfig",
     "EvalResult",
     "ExplorationConfig",
+    "Learner",
     "LoggingConfig",
     "LossConfig",
     "NetworkConfig",
