@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_EXTRAS := dev,vizdoom,miniworld,procgen,cluster,ray
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install install-dev quickstart test lint bench
+.PHONY: install install-dev quickstart test lint bench gpu-wheels gpu-check
 
 install:
 	VENV=$(VENV) scripts/install.sh
@@ -28,3 +28,11 @@ lint: install-dev
 
 bench: install-dev
 	$(PY) benchmarks/run_all.py
+
+## The lent GPU machine (docs/gpu.md): the wheels it lacks, fetched here where PyPI is reachable...
+gpu-wheels:
+	scripts/gpu_wheels.sh
+
+## ...and, there (no registry; its own python3 and torch), the GPU tests and benchmarks.
+gpu-check:
+	python3 scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -1,22 +1,25 @@
 """Learner walltime: time per gradient update of btr, rise (K = 20, 80, 160) and the recurrent
 baseline, first on synthetic batches (sampling excluded), then sampling from replay (included).
 
-One update = IQNLoss forward (online pass, target pass(es), Munchausen targets) + backward +
-grad-norm clip 10 + Adam step, at batch 256 (BTR's), 4 x 84x84 frame stacks, 18 actions, 512-d fp16
-embeddings. The recurrent baseline updates on 64 sequences of 40 burn-in + 80 steps (R2D2), as
-gradient accumulation over chunks of 16 sequences (the same gradient as one 64-sequence pass; the
-whole batch's CNN activations would not fit in this machine's memory). A first part tries the CPU
-speed-ups (bf16 autocast + channels-last, one batched target pass, BTR's online log-policy) on btr
-and rise K=80; the main table uses the setting chosen there. Writes the "learner" section of
-docs/benchmarks.md.
+One update = `torchrl_rise.training.learner.Learner.update(1)`: IQNLoss forward (online pass, target
+pass(es), Munchausen targets) + backward + grad-norm clip 10 + Adam step + priorities + target
+update, at batch 256 (BTR's), 4 x 84x84 frame stacks, 18 actions, 512-d fp16 embeddings. The
+recurrent baseline updates on 64 sequences of 40 burn-in + 80 steps (R2D2), as 4 updates of 16
+sequences each (the same CNN work as one 64-sequence update; the whole batch's CNN activations
+would not fit in this machine's memory). A first part tries the CPU speed-ups (bf16 autocast +
+channels-last, one batched target pass, BTR's online log-policy, `Learner(compile=True)`: speed,
+and the compiled loss against eager on the same weights and noise) on btr and rise K=80; the main
+table uses the setting chosen there. Writes the "learner" section of docs/benchmarks.md.
 
     python benchmarks/bench_learner.py            # batch 256, a few minutes per config on 2 cores
     python benchmarks/bench_learner.py --quick    # batch 16, tiny sequences, seconds
+    python benchmarks/bench_learner.py --no-compile --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -87,17 +90,53 @@ def sequence_batch(b: int, t: int, *, seed: int = 0) -> TensorDict:
     )
 
 
-class Learner:
-    """One gradient update: loss, backward, clip, Adam (BTR's lr and eps)."""
+class FixedReplay:
+    """A replay that hands out the same batch (sampling excluded from the timing)."""
+
+    def __init__(self, batch: TensorDict) -> None:
+        self.batch = batch
+
+    def sample(self) -> TensorDict:
+        return self.batch
+
+    def update_tensordict_priority(self, td: TensorDict) -> None:
+        pass
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BenchLearner:
+    """The library's :class:`~torchrl_rise.training.learner.Learner` (BTR's lr, eps, clip 10).
+
+    ``update(batch)`` runs one update of ``batch`` (a fixed replay) and waits for the device;
+    ``replay=`` times sampling too. The recurrent baseline's ``chunks`` splits the batch: one
+    update per chunk (the same CNN work as one accumulated update, plus ``chunks - 1`` extra Adam
+    steps, negligible next to it).
+    """
 
     def __init__(
-        self, kind: str, *, k: int | None = None, burn_in: int = 40, chunks: int = 1, **loss_kwargs
+        self,
+        kind: str,
+        *,
+        k: int | None = None,
+        burn_in: int = 40,
+        chunks: int = 1,
+        device: str = "cpu",
+        compile: bool = False,
+        bf16: bool | None = None,
+        net_kwargs: dict | None = None,
+        **loss_kwargs,
     ):
-        net_kwargs = (
-            {"channels_last": loss_kwargs.pop("channels_last")}
-            if "channels_last" in loss_kwargs
-            else {}
-        )
+        from torchrl_rise.objectives import HardTargetUpdate
+        from torchrl_rise.training.learner import Learner, build_learner_optimizer
+
+        net_kwargs = dict(net_kwargs or {})
+        if "channels_last" in loss_kwargs:
+            net_kwargs["channels_last"] = loss_kwargs.pop("channels_last")
+        self.device = torch.device(device)
         self.net = make_q_network(
             kind,
             num_actions=ACTIONS,
@@ -105,21 +144,59 @@ class Learner:
             burn_in=burn_in,
             context_length=k,
             **net_kwargs,  # none given: the library's defaults
-        )
+        ).to(self.device)
         self.loss = IQNLoss(self.net, **loss_kwargs)
-        self.params = list(self.loss.value_network_params.values(True, True))
-        self.opt = torch.optim.Adam(self.params, lr=1e-4, eps=1.95e-5)
+        self.opt = build_learner_optimizer(self.loss, lr=1e-4, eps=1.95e-5, device=self.device)
+        self.replay = FixedReplay(TensorDict())
+        self.learner = Learner(
+            self.loss,
+            self.opt,
+            self.replay,
+            HardTargetUpdate(self.loss, interval=500),
+            device=self.device,
+            grad_clip=10.0,
+            bf16=bf16,
+            compile=compile,
+        )
         self.chunks = chunks
 
     def update(self, batch: TensorDict) -> None:
-        self.opt.zero_grad(set_to_none=True)
         for part in batch.chunk(self.chunks, 0) if self.chunks > 1 else (batch,):
-            (self.loss(part)["loss"] / self.chunks).backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 10.0)
-        self.opt.step()
+            self.replay.batch = part
+            self.learner.update(1)
+        sync(self.device)
+
+    def update_from(self, replay) -> None:
+        """One update sampling from ``replay`` (priorities written back)."""
+        self.learner.replay = replay
+        try:
+            self.learner.update(1)
+        finally:
+            self.learner.replay = self.replay
+        sync(self.device)
 
 
-def fill_rise_buffer(k: int, *, capacity: int, envs: int = 8, chunk: int = 64):
+def compiled_loss_gap(kind: str, k: int | None, batch: TensorDict) -> float:
+    """|loss(compiled) - loss(eager)| / |loss(eager)| on one batch, same weights and noise.
+
+    Inductor draws its own random numbers (taus, noise) unless ``fallback_random`` is set: set
+    here, so that both draw the same and only the arithmetic differs.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    torch.manual_seed(0)
+    eager = BenchLearner(kind, k=k)
+    torch.manual_seed(0)
+    compiled = BenchLearner(kind, k=k, compile=True)
+    torch.manual_seed(1)
+    a = eager.learner._forward(batch.clone())["loss"].detach()
+    torch.manual_seed(1)
+    b = compiled.learner._forward(batch.clone())["loss"].detach()
+    return float((a - b).abs() / a.abs().clamp_min(1e-12))
+
+
+def fill_rise_buffer(k: int, *, capacity: int, envs: int = 8, chunk: int = 64, **replay_kwargs):
     from torchrl_rise.replay import RiseReplayBuffer
 
     rb = RiseReplayBuffer(
@@ -133,6 +210,7 @@ def fill_rise_buffer(k: int, *, capacity: int, envs: int = 8, chunk: int = 64):
         gamma=0.997,
         seed=0,
         batch_size=256,
+        **replay_kwargs,
     )
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (envs, chunk, 1, 84, 84), dtype=torch.uint8, generator=g)
@@ -193,6 +271,10 @@ def main() -> None:
         "--speedup-warmup", type=int, default=1, help="warm-up updates per part-1 setting"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile row"
+    )
+    parser.add_argument("--device", default="cpu", help="where the learner runs (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does: see docs/network.md (context stream)
@@ -223,7 +305,7 @@ def main() -> None:
     started = time.perf_counter()
     rows_opt, times = [], {}
 
-    def timed(learner: Learner, make_batch, *, reps: int = repeats, warmup: int = 1) -> float:
+    def timed(learner: BenchLearner, make_batch, *, reps: int = repeats, warmup: int = 1) -> float:
         return median_time(lambda: learner.update(make_batch()), repeats=reps, warmup=warmup)
 
     # ---- part 1: CPU speed-ups on btr and rise K=k_mid --------------------------------------
@@ -245,15 +327,36 @@ def main() -> None:
             dict(channels_last=True, munchausen_log_policy="online", autocast_dtype=torch.bfloat16),
         ),
     ]
+    compile_label = "fp32, channels-last, online log-policy, `Learner(compile=True)`"
+    if args.compile:
+        variants.append((compile_label, dict(channels_last=True, compile=True)))
+    compile_notes = []
     for label, kwargs in variants:
         row = [label]
+        warmup = args.speedup_warmup
+        if kwargs.get("compile"):
+            warmup = max(2, warmup)  # the first call compiles
         for kind, k in (("btr", None), ("rise", k_mid)):
             data = synthetic_batch(batch, k)
-            learner = Learner(kind, k=k, **dict(kwargs))
-            t = timed(learner, lambda d=data: d, reps=1, warmup=args.speedup_warmup)
+            try:
+                learner = BenchLearner(kind, k=k, device=args.device, **dict(kwargs))
+                t = timed(learner, lambda d=data: d, reps=1, warmup=warmup)
+            except Exception as err:  # torch.compile may not work on every machine
+                if not kwargs.get("compile"):
+                    raise
+                t = math.nan
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                compile_notes.append(f"torch.compile failed for {kind}: {reason}")
             times[(label, kind)] = t
             row.append(f"{t:.2f}")
             print(f"[opt] {label} {kind}: {t:.2f} s", flush=True)
+            if kwargs.get("compile") and not math.isnan(t):
+                gap = compiled_loss_gap(kind, k, synthetic_batch(8, k, seed=1))
+                compile_notes.append(
+                    f"{kind}: compiled loss vs eager on the same weights, noise and batch: "
+                    f"relative difference {gap:.1e}"
+                )
+                print(f"[opt] compile {kind}: relative loss difference {gap:.1e}", flush=True)
         row.append(f"{times[(label, 'rise')] / times[(label, 'btr')]:.2f}")
         rows_opt.append(row)
     base = times[(variants[0][0], "btr")]
@@ -276,24 +379,26 @@ def main() -> None:
     configs = [("btr", None)] + [("rise", k) for k in ks]
     excl, incl = {}, {}
     for kind, k in configs:
-        learner = Learner(kind, k=k, **dict(chosen))
+        learner = BenchLearner(kind, k=k, device=args.device, **dict(chosen))
         data = synthetic_batch(batch, k)
         excl[(kind, k)] = timed(learner, lambda d=data: d)
         print(f"[main] {kind} K={k} sample excluded: {excl[(kind, k)]:.2f} s", flush=True)
         rb = fill_rise_buffer(k or 0, capacity=capacity)
 
-        def sample_and_update(rb=rb, learner=learner):
-            b = rb.sample(batch)
-            learner.update(b)
-            rb.update_tensordict_priority(b)
-
-        incl[(kind, k)] = median_time(sample_and_update, repeats=repeats, warmup=1)
+        rb.batch_size = batch
+        incl[(kind, k)] = median_time(
+            lambda rb=rb, learner=learner: learner.update_from(rb), repeats=repeats, warmup=1
+        )
         rb.cleanup()
         print(f"[main] {kind} K={k} sample included: {incl[(kind, k)]:.2f} s", flush=True)
 
     seq_len = burn + train
-    baseline = Learner(
-        "recurrent_baseline", burn_in=burn, chunks=seqs // chunk_seqs, **dict(chosen)
+    baseline = BenchLearner(
+        "recurrent_baseline",
+        burn_in=burn,
+        chunks=seqs // chunk_seqs,
+        device=args.device,
+        **dict(chosen),
     )
     seq_data = sequence_batch(seqs, seq_len)
     excl[("recurrent_baseline", None)] = timed(baseline, lambda: seq_data, reps=1, warmup=0)
@@ -347,7 +452,7 @@ Time per gradient update (IQNLoss + backward + clip + Adam), batch {batch}, Atar
 {repeats} updates after 1 warm-up (recurrent baseline: a single update, no warm-up; part 1:
 one update after {args.speedup_warmup} warm-up). For the baseline, "sample included" is its update
 time plus the median time of its sample (3 repeats), measured separately. The baseline's {seqs} sequences run as {seqs // chunk_seqs}
-accumulated chunks of {chunk_seqs} (same gradient as one pass; one pass would need
+updates of {chunk_seqs} (the CNN work of one pass; one pass would need
 ~12 GB of CNN activations). "Sample included" adds `RiseReplayBuffer.sample` (prioritized, K-window
 and frame-stack assembly, {capacity} records) and the priority write-back; for the baseline,
 TorchRL's `SliceSampler` over a `LazyMemmapStorage` of frame stacks. Whole run: {elapsed / 60:.1f} min.
@@ -355,6 +460,10 @@ TorchRL's `SliceSampler` over a `LazyMemmapStorage` of frame stacks. Whole run: 
 ### Part 1: CPU speed-ups (seconds per update)
 
 {markdown_table(["setting", "btr", "rise K=" + str(k_mid), "btr speed-up vs first row", "rise/btr"], rows_opt)}
+
+{"; ".join(compile_notes) + "." if compile_notes else "(no torch.compile row: --no-compile)"}
+The compile row times one update after {max(2, args.speedup_warmup)} warm-ups (the first
+compiles; compile time is not in the figure).
 
 ### Part 2: the three configurations ({setting})
 

@@ -23,6 +23,7 @@ import csv
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,7 +33,17 @@ from benchmarks._report import markdown_table, write_section
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
 
 
-def measure(recipe: str, method: str, *, bf16: bool, collect: int, learn: int, quick: bool):
+def measure(
+    recipe: str,
+    method: str,
+    *,
+    bf16: bool,
+    collect: int,
+    learn: int,
+    quick: bool,
+    extra_overrides: Sequence[str] = (),
+):
+    """One short run; ``extra_overrides`` (hydra) go last, e.g. ``device=cuda`` (scripts/gpu_check.py)."""
     from hydra import compose, initialize_config_dir
 
     from torchrl_rise.envs import describe_env
@@ -58,6 +69,7 @@ def measure(recipe: str, method: str, *, bf16: bool, collect: int, learn: int, q
         f"logging.root={root}",
         f"optim.bf16={str(bf16).lower()}",
         "encoder.weights=random" if base.encoder.name in ("resnet18", "efficientnet_b0") else "",
+        *extra_overrides,
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         probe = compose(config_name=recipe, overrides=[o for o in overrides if o])

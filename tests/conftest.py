@@ -38,7 +38,17 @@ def _deterministic():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``slow`` tests unless asked for with ``-m slow`` (or ``-m "slow or not slow"``)."""
+    """Skip ``slow`` tests unless asked for with ``-m slow`` (or ``-m "slow or not slow"``), and
+    ``gpu`` tests where torch sees no CUDA device."""
+    if not torch.cuda.is_available():
+        reason = (
+            "gpu: no CUDA device (torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); `make gpu-check` runs these on a GPU "
+            "machine (docs/gpu.md)"
+        )
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
     markexpr = config.getoption("-m") or ""
     if "slow" in markexpr:
         return

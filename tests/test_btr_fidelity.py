@@ -308,10 +308,13 @@ def test_config_defaults_are_btr_code_and_old_behaviour_is_an_option():
     assert old.exploration.schedule == "linear" and not old.replay.stratified
     from hydra import compose, initialize_config_dir
 
+    from torchrl_rise.training import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        base = load_config(compose(config_name="base"))
+        recipe = load_config(compose(config_name="atari"))  # BTR's Atari run: no overrides
     for section in ("exploration", "replay", "loss"):
-        assert getattr(base, section) == getattr(cfg, section), section
+        assert getattr(recipe, section) == getattr(cfg, section), section
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from torchrl.envs.libs.gym import GymEnv
 from torchrl.modules import RandomPolicy
 
 from torchrl_rise import keys
-from torchrl_rise.encoders import make_encoder
+from torchrl_rise.encoders import FrozenEncoder, PixelPreprocessor, make_encoder
 from torchrl_rise.transforms import RiseContextTransform
 
 K = 4
@@ -276,6 +276,93 @@ def test_encoder_device_option_runs_encoder_elsewhere_and_returns_to_the_data_de
         # the meta device cannot compute: proves the encoder really ran there
         t(TensorDict({"pixels": torch.zeros(2, 4, 8, 8, dtype=torch.uint8)}, [2]))
     assert t.encoder.device == torch.device("meta")
+
+
+class _CountingEncoder(FrozenEncoder):
+    """A frozen 1x1-conv encoder that records, per call, the batch it gets, whether autograd was
+    off (inference mode), and the dtype/channels of what its device-side conversion receives."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            name="counting",
+            embedding_dim=3,
+            weights_source="test",
+            preprocessor=PixelPreprocessor(frame_channels=1),
+        )
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+        self.freeze()
+        self.calls: list[dict[str, object]] = []
+        convert = self.preprocessor.convert_frames
+
+        def recording(frames: torch.Tensor) -> torch.Tensor:
+            self.calls.append(
+                {"batch": frames.shape[0], "dtype": frames.dtype, "channels": frames.shape[1]}
+            )
+            return convert(frames)
+
+        self.preprocessor.convert_frames = recording
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls[-1]["inference"] = torch.is_inference_mode_enabled()
+        self.calls[-1]["grad"] = torch.is_grad_enabled()
+        return self.conv(images).mean(dim=(-1, -2))
+
+
+def test_one_encoder_call_per_step_covers_every_env() -> None:
+    num_envs, steps = 3, 12
+    encoder = _CountingEncoder()
+    env = TransformedEnv(
+        SerialEnv(num_envs, [functools.partial(FlickerEnv, seed=s) for s in range(num_envs)]),
+        RiseContextTransform(encoder, context_length=K),
+    )
+    data = env.rollout(steps, break_when_any_done=False)
+    # the rollout resets the envs that ended at every step but its last
+    done = data["next", "done"].squeeze(-1)[:, :-1]
+    ends, all_done = int(done.sum()), int(done.all(0).sum())
+    assert ends > 0  # partial resets happened
+    # the first reset and every step embed all envs in one call; a partial reset adds one call
+    # for just the envs being reset (a full one embeds all of them)
+    full = [c for c in encoder.calls if c["batch"] == num_envs]
+    partial = [c for c in encoder.calls if c["batch"] != num_envs]
+    assert len(full) == 1 + steps + all_done
+    assert sum(c["batch"] for c in partial) == ends - num_envs * all_done
+    # each call: the newest frame only, still uint8, autograd off in inference mode
+    assert all(c["dtype"] == torch.uint8 and c["channels"] == 1 for c in encoder.calls)
+    assert all(c["inference"] and not c["grad"] for c in encoder.calls)
+    assert all(not p.requires_grad for p in encoder.parameters())
+    # what the env writes is an ordinary tensor: the learner may backpropagate through its uses
+    embedding = data[keys.EMBEDDING]
+    assert not embedding.is_inference() and not embedding.requires_grad
+    weight = torch.ones(3, requires_grad=True)
+    (embedding.float() * weight).sum().backward()
+    assert weight.grad is not None
+
+
+def test_output_is_the_same_whichever_device_path_on_cpu() -> None:
+    def run(**kwargs) -> TensorDictBase:
+        env = TransformedEnv(
+            SerialEnv(2, [functools.partial(FlickerEnv, seed=s) for s in range(2)]),
+            RiseContextTransform(
+                make_encoder("resnet18", weights="random"), context_length=K, **kwargs
+            ),
+        )
+        env.set_seed(0)
+        return env.rollout(6, break_when_any_done=False)
+
+    default, pinned = run(), run(encoder_device="cpu")
+    for key in (keys.EMBEDDING, keys.CONTEXT, keys.CONTEXT_MASK):
+        assert torch.equal(default[key], pinned[key])
+        assert torch.equal(default["next", key], pinned["next", key])
+    assert default[keys.EMBEDDING].dtype == torch.float16
+
+
+def test_int8_encoder_refuses_a_gpu_encoder_device() -> None:
+    int8 = make_encoder("resnet18", weights="random", precision="int8", calibration_size=8)
+    with pytest.raises(ValueError, match=r"int8 encoder runs on CPU only"):
+        RiseContextTransform(int8, encoder_device="meta")
+    t = RiseContextTransform(int8, encoder_device="cpu", context_length=K)
+    data = TransformedEnv(FlickerEnv(), t).rollout(3)
+    assert data[keys.EMBEDDING].shape == (3, 512) and t.encoder.device == torch.device("cpu")
 
 
 def test_bad_configuration_errors() -> None:

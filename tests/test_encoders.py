@@ -388,3 +388,134 @@ def test_chunked_encoding_matches_one_batch() -> None:
     whole = make_encoder("random_projection", embedding_dim=8, chunk_size=None)(x)
     chunked = make_encoder("random_projection", embedding_dim=8, chunk_size=3)(x)
     torch.testing.assert_close(whole, chunked)
+
+
+# ---------------------------------------------------------------- faster variants (fuse/bf16/int8)
+VARIANTS = {
+    "fuse": (dict(fuse=True), 0.99999),
+    "bf16": (dict(precision="bf16"), 0.999),
+    "int8": (dict(precision="int8", calibration_size=32), 0.98),
+}
+
+
+def _atari_like(n: int, seed: int = 1) -> torch.Tensor:
+    """Stacks of 4 synthetic Atari-like 36x36 frames (the newest is the one encoded)."""
+    from torchrl_rise.encoders.optimize import synthetic_frames
+
+    return synthetic_frames(4 * n, size=36, seed=seed).reshape(n, 4, 36, 36)
+
+
+def _cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.float(), b.float(), dim=-1).min())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_stay_close_to_fp32_and_frozen(variant: str, resnet: FrozenEncoder) -> None:
+    options, min_cosine = VARIANTS[variant]
+    enc = make_encoder("resnet18", weights="random", seed=0, **options)
+    x = _atari_like(6)
+    out, ref = enc(x), resnet(x)
+    assert out.shape == ref.shape == (6, 512) and out.dtype == torch.float32
+    assert _cosine_min(out, ref) > min_cosine
+    if variant != "fuse":  # a different arithmetic, not the same numbers
+        assert not torch.equal(out, ref)
+    assert not out.requires_grad and not out.is_inference()
+    assert all(not p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training and not enc.backbone.training
+    description = enc.describe()
+    assert description["precision"] == options.get("precision", "fp32")
+    # int8 folds BatchNorm as part of quantisation
+    assert description["fuse"] is (variant != "bf16")
+    assert enc.describe()["weights"] == "random(seed=0)"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    # every variant is applied after the weights are loaded (one code path): int8, the one with
+    # its own rebuild path, in the default suite, the others with -m slow
+    [
+        pytest.param("bf16", marks=pytest.mark.slow),
+        pytest.param("fuse", marks=pytest.mark.slow),
+        "int8",
+    ],
+)
+def test_every_weights_path_works_with_every_variant(
+    variant: str, tmp_path: Path, offline_hub: Path
+) -> None:
+    options, min_cosine = VARIANTS[variant]
+    # these weights (torchvision's init, BatchNorm statistics at their defaults) are harder for
+    # int8 than calibrated ones; what is checked here is that each path loads the same weights
+    min_cosine = min(min_cosine, 0.95)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        state = torchvision.models.resnet18(weights=None).state_dict()
+    weights_file = tmp_path / "r18.pt"
+    torch.save(state, weights_file)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached = offline_hub / "checkpoints" / url.rsplit("/", 1)[-1]
+    x = _atari_like(4, seed=2)
+    # the hub cache is empty first: "auto" falls back to random, "imagenet" fails as in fp32
+    with pytest.warns(UserWarning, match=r"RANDOM weights"):
+        auto = make_encoder("resnet18", weights="auto", seed=4, **options)
+    assert auto.weights_source == "random(seed=4)"
+    reference = make_encoder("resnet18", weights="random", seed=4)
+    assert _cosine_min(auto(x), reference(x)) > min_cosine
+    with pytest.raises(WeightsUnavailableError):
+        make_encoder("resnet18", weights="imagenet", **options)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, cached)
+    for weights in (str(weights_file), "imagenet"):
+        enc = make_encoder("resnet18", weights=weights, **options)
+        fp32 = make_encoder("resnet18", weights=weights)
+        assert enc.weights_source == fp32.weights_source
+        assert _cosine_min(enc(x), fp32(x)) > min_cosine
+    # the variant really carries the file's weights: far from another init
+    far = _cosine_min(enc(x), reference(x))
+    assert far < min_cosine
+
+
+def test_int8_calibration_frames_and_option_errors() -> None:
+    from torchrl_rise.encoders.optimize import synthetic_frames
+
+    frames = _atari_like(20, seed=3)
+    enc = make_encoder("resnet18", weights="random", precision="int8", calibration_frames=frames)
+    assert enc.describe()["calibration"] == "given(20 frames)"
+    assert enc.describe()["quantized_engine"] in torch.backends.quantized.supported_engines
+    assert _cosine_min(enc(frames), make_encoder("resnet18", weights="random")(frames)) > 0.98
+    assert enc.follows_data_device is False  # int8 kernels are CPU-only
+    # quantised FX modules do not pickle; the encoder does (rebuilt: ParallelEnv workers, saves)
+    clone = pickle.loads(pickle.dumps(enc))
+    assert torch.equal(clone(frames), enc(frames)) and clone.describe() == enc.describe()
+    with pytest.raises(RuntimeError, match=r"CPU only"):
+        enc.encode(torch.zeros(1, 3, 36, 36, device="meta"))
+    with pytest.raises(ValueError, match=r"precision must be one of 'fp32', 'bf16', 'int8'"):
+        make_encoder("resnet18", weights="random", precision="fp16")
+    with pytest.raises(ValueError, match=r"calibration_frames calibrates an int8 encoder"):
+        make_encoder("resnet18", weights="random", calibration_frames=frames)
+    with pytest.raises(ValueError, match=r"int8' is offered for resnet18 only"):
+        make_encoder("efficientnet_b0", weights="random", precision="int8")
+    # synthetic calibration frames: seeded, uint8, flat areas with edges (not uniform noise)
+    a, b = synthetic_frames(3, seed=7), synthetic_frames(3, seed=7)
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (3, 1, 84, 84)
+    assert not torch.equal(a, synthetic_frames(3, seed=8))
+    for frame in a:
+        assert frame.unique().numel() <= 10  # a background and a few rectangles
+
+
+def test_only_the_selected_uint8_frame_reaches_the_encoder_device(resnet: FrozenEncoder) -> None:
+    seen: list[tuple[torch.dtype, tuple[int, ...]]] = []
+    convert = resnet.preprocessor.convert_frames
+
+    def recording(frames: torch.Tensor) -> torch.Tensor:
+        seen.append((frames.dtype, tuple(frames.shape)))
+        return convert(frames)
+
+    resnet.preprocessor.convert_frames = recording
+    try:
+        out = resnet(_pixels(2, 3), out_dtype=torch.float16)
+    finally:
+        del resnet.preprocessor.convert_frames
+    assert seen == [(torch.uint8, (6, 1, 36, 36))]  # the newest frame, not the 4-frame stack
+    assert out.dtype == torch.float16 and out.shape == (2, 3, 512)
+    torch.testing.assert_close(out, resnet(_pixels(2, 3)).half(), rtol=0, atol=0)

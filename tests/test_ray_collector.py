@@ -301,10 +301,10 @@ def test_ray_collector_keeps_env_lanes_and_pushes_weights_every_interval(tmp_pat
 def _counters(trainer: Trainer) -> dict[str, int]:
     c = trainer.counters
     return {
-        "frames": c["frames"],
-        "env_steps": c["env_steps"],
-        "updates": c["updates"],
-        "episodes": c["episodes"],
+        "frames": c.frames,
+        "env_steps": c.env_steps,
+        "updates": c.updates,
+        "episodes": c.episodes,
         "replay": len(trainer.components.replay),
     }
 

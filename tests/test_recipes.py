@@ -463,17 +463,33 @@ def test_resume_falls_back_loudly_from_a_damaged_latest_and_logs_each_frame_once
     check_run(run, method="btr", frames=1024)
 
 
+def _hook_updates(monkeypatch, after_update):
+    """Call ``after_update(trainer, learner)`` after every batch of updates of the run's learner."""
+    real = Trainer._learner
+
+    def learner(self, comps):
+        built = real(self, comps)
+        update = built.update
+
+        def hooked(n_updates=1):
+            update(n_updates)
+            after_update(self, built)
+
+        built.update = hooked
+        return built
+
+    monkeypatch.setattr(Trainer, "_learner", learner)
+
+
 @needs_memory
 def test_error_inside_a_step_writes_no_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = Trainer._learn
 
-    def learn(self, comps, n, stats):
-        real(self, comps, n, stats)
-        if self.counters.frames > 300:
+    def after_update(trainer, learner):
+        if trainer.counters.frames > 300:
             raise RuntimeError("boom inside the step")
 
-    monkeypatch.setattr(Trainer, "_learn", learn)
+    _hook_updates(monkeypatch, after_update)
     with pytest.raises(RuntimeError, match="boom"):
         train(_short(tmp_path, run))
     summary = _summary(run)
@@ -513,15 +529,13 @@ def test_error_at_a_step_boundary_writes_a_crash_checkpoint_resume_ignores(tmp_p
 @needs_memory
 def test_non_finite_weights_never_replace_the_only_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = Trainer._learn
 
-    def learn(self, comps, n, stats):
-        real(self, comps, n, stats)
-        if self.counters.frames == 512:  # just before the periodic save at 512
-            for state in comps.optimizer.state.values():
+    def after_update(trainer, learner):
+        if trainer.counters.frames == 512:  # just before the periodic save at 512
+            for state in learner.optimizer.state.values():
                 state["exp_avg"].fill_(float("nan"))
 
-    monkeypatch.setattr(Trainer, "_learn", learn)
+    _hook_updates(monkeypatch, after_update)
     with pytest.raises(ValueError, match="NaN/inf"):
         train(_short(tmp_path, run, "checkpoint.keep=1", "total_frames=768"))
     good = load_checkpoint(run)

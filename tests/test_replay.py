@@ -12,6 +12,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from torchrl_rise import keys
 from torchrl_rise.replay import InsufficientDiskSpaceError, RiseReplayBuffer
 from torchrl_rise.replay import buffer as buffer_module
 
@@ -175,8 +176,8 @@ def test_per_sampling_frequencies_and_weights(tmp_path):
     w = (p / p.min()) ** -beta
     lookup = dict(zip(index.tolist(), w.tolist()))
     want = torch.tensor([lookup[i] for i in batch["index"].tolist()], dtype=torch.double)
-    assert torch.allclose(batch["_weight"].double(), want, rtol=1e-5)
-    assert batch["_weight"].max() <= 1.0
+    assert torch.allclose(batch[keys.WEIGHT].double(), want, rtol=1e-5)
+    assert batch[keys.WEIGHT].max() <= 1.0
 
 
 def test_new_items_get_max_priority_and_beta_is_settable(tmp_path):
@@ -218,7 +219,7 @@ def test_uniform_sampling(tmp_path):
     index = rb.sampleable_index()
     rb.update_priority(index, torch.arange(8.0))  # ignored: uniform
     batch = rb.sample(20_000)
-    assert torch.equal(batch["_weight"], torch.ones(20_000))
+    assert torch.equal(batch[keys.WEIGHT], torch.ones(20_000))
     counts = torch.bincount(batch["index"], minlength=rb.capacity)[index].double()
     assert torch.allclose(
         counts / counts.sum(), torch.full((8,), 1 / 8, dtype=torch.double), atol=0.015

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tensordict import TensorDict
 
-from torchrl_rise.replay import RiseReplayBuffer
+from torchrl_rise.replay import Prefetcher, RiseReplayBuffer
 
 D = 3  # embedding: (observation id, env, episode), exact in float16
 
@@ -169,17 +169,12 @@ def reference(sim: Simulator, L: int, n: int, K: int, gamma: float) -> dict[int,
     return out
 
 
-def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict]) -> None:
-    slots = rb.sampleable_index()
-    assert sorted(ref) == slots.tolist()
-    assert len(rb) == len(ref)
-    if not len(ref):
-        return
-    got = rb.gather(slots)
-    for i, slot in enumerate(slots.tolist()):
+def check_rows(rb: RiseReplayBuffer, got, ref: dict[int, dict]) -> None:
+    """Every row of a batch (gathered or sampled) equals the reference at its slot."""
+    for i, slot in enumerate(got["index"].tolist()):
         want = ref[slot]
-        assert torch.equal(got["pixels"][i], want["pixels"]), slot
-        assert torch.equal(got["next", "pixels"][i], want["next_pixels"]), slot
+        assert torch.equal(got["pixels"][i].cpu(), want["pixels"]), slot
+        assert torch.equal(got["next", "pixels"][i].cpu(), want["next_pixels"]), slot
         assert got["action"][i].item() == want["action"]
         assert got["next", "reward"][i].item() == pytest.approx(want["return"], abs=1e-5)
         assert got["next", "discount"][i].item() == pytest.approx(want["discount"], rel=1e-6)
@@ -187,10 +182,39 @@ def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict]) -> None:
         assert got["next", "truncated"][i].item() == want["truncated"]
         assert got["steps_to_next_obs"][i].item() == want["m"]
         if rb.use_embeddings:
-            assert torch.equal(got["rise_context_mask"][i], want["mask"]), slot
-            assert torch.equal(got["rise_context"][i], want["context"]), slot
-            assert torch.equal(got["next", "rise_context_mask"][i], want["next_mask"]), slot
-            assert torch.equal(got["next", "rise_context"][i], want["next_context"]), slot
+            assert torch.equal(got["rise_context_mask"][i].cpu(), want["mask"]), slot
+            assert torch.equal(got["rise_context"][i].cpu(), want["context"]), slot
+            assert torch.equal(got["next", "rise_context_mask"][i].cpu(), want["next_mask"]), slot
+            assert torch.equal(got["next", "rise_context"][i].cpu(), want["next_context"]), slot
+
+
+def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict], variant: str) -> None:
+    slots = rb.sampleable_index()
+    assert sorted(ref) == slots.tolist()
+    assert len(rb) == len(ref)
+    if not len(ref):
+        return
+    check_rows(rb, rb.gather(slots), ref)
+    # The sampling paths: reused buffers (the first batch still valid after one more sample),
+    # the prefetcher (a batch valid until the next call), or fresh batches.
+    if variant == "prefetch":
+        with Prefetcher(rb, 16) as batches:
+            for _ in range(3):
+                check_rows(rb, batches.next(), ref)
+    else:
+        first, second = rb.sample(), rb.sample()
+        check_rows(rb, first, ref)
+        check_rows(rb, second, ref)
+
+
+VARIANTS = {
+    "memmap": {},
+    "reuse": {"reuse_output": True},
+    "device_cpu": {"storage_device": "cpu", "reuse_output": True},
+    "device_cpu_frames_in_memmap": {"storage_device": "cpu", "device_frames": False},
+    "torch_tree": {"tree": "torch"},
+    "prefetch": {"tree": "torch"},
+}
 
 
 @given(
@@ -206,6 +230,7 @@ def check_against_reference(rb: RiseReplayBuffer, ref: dict[int, dict]) -> None:
     ),
     prioritized=st.booleans(),
     chunk_records=st.integers(3, 24),
+    variant=st.sampled_from(sorted(VARIANTS)),
 )
 def test_matches_bruteforce_reference(
     tmp_path_factory,
@@ -219,6 +244,7 @@ def test_matches_bruteforce_reference(
     chunks,
     prioritized,
     chunk_records,
+    variant,
 ):
     rng = random.Random(seed)
     gamma = 0.9
@@ -241,6 +267,7 @@ def test_matches_bruteforce_reference(
             scratch_dir=run / f"scratch{k}",
             seed=seed + k,
             chunk_records=chunk_records,
+            **VARIANTS[variant],
         )
 
     rb = build(0)
@@ -251,11 +278,13 @@ def test_matches_bruteforce_reference(
             rb.close()
             rb = build(k)
             rb.loads(run / f"ckpt{k}")
-            check_against_reference(rb, reference(sim, lane, n_step, context_length, gamma))
+            check_against_reference(
+                rb, reference(sim, lane, n_step, context_length, gamma), variant
+            )
             rb.close_open_episodes()
             sim.cut()
         rb.extend(sim.step(T))
-        check_against_reference(rb, reference(sim, lane, n_step, context_length, gamma))
+        check_against_reference(rb, reference(sim, lane, n_step, context_length, gamma), variant)
     if len(rb):
         batch = rb.sample()
         assert rb._ready[batch["index"]].all()

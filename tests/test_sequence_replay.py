@@ -7,6 +7,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from torchrl_rise import keys
 from torchrl_rise.replay import SequenceReplayBuffer
 
 C, H, W = 1, 1, 4  # a frame encodes (lane, step % 256, step // 256, is_final)
@@ -225,7 +226,7 @@ def test_batch_layout_and_sampling(tmp_path):
     batch = rb.sample()
     T = rb.sequence_length
     assert batch.batch_size == (8,)
-    assert batch["next", "reward"].shape == (8, T, 1) and batch["_weight"].shape == (8,)
+    assert batch["next", "reward"].shape == (8, T, 1) and batch[keys.WEIGHT].shape == (8,)
     assert set(batch["index"].tolist()) <= set(rb.sampleable_index().tolist())
     # priorities are per sequence: one start with all the mass gets every draw
     every = rb.sampleable_index()
@@ -238,7 +239,7 @@ def test_batch_layout_and_sampling(tmp_path):
     batch = rb.sample()
     tree = rb.sampler.tree_values(batch["index"]).double()
     want = (tree / tree.min()) ** -1.0
-    torch.testing.assert_close(batch["_weight"].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch[keys.WEIGHT].double(), want, rtol=1e-5, atol=1e-6)
     batch["td_error"] = batch["index"].float() / 100 + 0.1  # (a slot drawn twice: same value)
     rb.update_tensordict_priority(batch)
     torch.testing.assert_close(

@@ -3,7 +3,9 @@
 Build one by name with :func:`make_encoder`; :func:`available_encoders` lists the names:
 
 - ``resnet18`` (default, 512-d) and ``efficientnet_b0`` (1280-d): torchvision ImageNet CNNs, penultimate
-  layer; ``weights`` = ``"imagenet"``, a state-dict path, ``"random"`` or ``"auto"``.
+  layer; ``weights`` = ``"imagenet"``, a state-dict path, ``"random"`` or ``"auto"``;
+  ``precision`` = ``"fp32"`` (default), ``"bf16"`` or ``"int8"`` (resnet18, CPU) and ``fuse=True``
+  choose a faster variant (:mod:`torchrl_rise.encoders.optimize`).
 - ``downsample`` and ``random_projection``: the paper's cheap, weight-free encoders.
 - ``online``: the agent's own learnable CNN used without gradient (stale-embedding ablation).
 
@@ -31,6 +33,7 @@ from torchrl_rise.encoders.base import (
     register_encoder,
 )
 from torchrl_rise.encoders.online import OnlineEncoder
+from torchrl_rise.encoders.optimize import PRECISIONS, synthetic_frames
 from torchrl_rise.encoders.pixels import DownsampleEncoder, RandomProjectionEncoder
 from torchrl_rise.encoders.torchvision_models import (
     TorchvisionEncoder,
@@ -42,6 +45,7 @@ from torchrl_rise.encoders.torchvision_models import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PRECISIONS",
     "DownsampleEncoder",
     "FrozenEncoder",
     "OnlineEncoder",
@@ -54,4 +58,5 @@ __all__ = [
     "load_state_dict_file",
     "make_encoder",
     "register_encoder",
+    "synthetic_frames",
 ]

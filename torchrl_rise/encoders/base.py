@@ -120,6 +120,14 @@ class PixelPreprocessor(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocess ``[B, S*C, H, W]`` (or ``[B, H, W, S*C]``) pixels into ``[B, c, h, w]``."""
+        return self.convert_frames(self.select(pixels))
+
+    def select(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The first, dtype-preserving step: channels first and the selected frame, ``[B, c, H, W]``.
+
+        Cheap and copy-free (a view); :class:`FrozenEncoder` runs it where the pixels are, so only
+        the selected uint8 frame travels to the encoder's device.
+        """
         if pixels.ndim != 4:
             raise ValueError(f"expected a [B, S*C, H, W] batch, got shape {tuple(pixels.shape)}.")
         if pixels.dtype != torch.uint8 and not pixels.is_floating_point():
@@ -145,6 +153,10 @@ class PixelPreprocessor(nn.Module):
                 )
             start = (self.frame_index % n_frames) * self.frame_channels
             x = x[:, start : start + self.frame_channels]
+        return x
+
+    def convert_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The second step, on the encoder's device: scale, resize, to RGB, normalise."""
         if not self.convert:
             return x
         if x.dtype == torch.uint8:
@@ -182,9 +194,10 @@ class FrozenEncoder(nn.Module):
     """Base class of the frozen observation encoders.
 
     Subclasses implement :meth:`encode` (a preprocessed float batch ``[B, c, h, w]`` -> ``[B, D]``).
-    :meth:`forward` accepts uint8 or float pixels with any leading batch dims, runs the
-    preprocessing and the encoder without autograd (``torch.no_grad``) in chunks of ``chunk_size``,
-    and returns float32 ``[..., D]`` on the input's device.
+    :meth:`forward` accepts uint8 or float pixels with any leading batch dims, moves only the
+    selected frame to the encoder's device, runs the preprocessing and the encoder there without
+    autograd (``torch.inference_mode``) in chunks of ``chunk_size``, and returns float32 (or
+    ``out_dtype``) ``[..., D]`` on the input's device.
 
     The encoder's own parameters are frozen (``requires_grad=False``) and it stays in eval mode:
     ``train()`` is a no-op, so putting a parent module in training mode does not change BatchNorm
@@ -207,6 +220,8 @@ class FrozenEncoder(nn.Module):
 
     #: whether users of the encoder (``RiseContextTransform``) move it to the data's device
     follows_data_device: bool = True
+    #: run the network under ``torch.inference_mode()`` (else ``torch.no_grad()``)
+    use_inference_mode: bool = True
 
     def __init__(
         self,
@@ -249,8 +264,17 @@ class FrozenEncoder(nn.Module):
         """Embed a preprocessed ``[B, c, h, w]`` batch into ``[B, D]``."""
         raise NotImplementedError
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embed ``[..., S*C, H, W]`` (or ``[..., H, W, S*C]``) pixels into float32 ``[..., D]``."""
+    def forward(
+        self, pixels: torch.Tensor, *, out_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Embed ``[..., S*C, H, W]`` (or ``[..., H, W, S*C]``) pixels into ``[..., D]``.
+
+        The selected frame is cut out where the pixels are (uint8 stays uint8), moved once to the
+        encoder's device, converted and encoded there in one batch (or chunks of ``chunk_size``),
+        cast there to ``out_dtype`` (float32 by default), and only the embedding comes back to the
+        pixels' device. The network runs under ``torch.inference_mode()``; the returned tensor is
+        an ordinary one (usable in autograd graphs downstream), with ``requires_grad=False``.
+        """
         if not isinstance(pixels, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor of pixels, got {type(pixels).__name__}.")
         if pixels.ndim < 3:
@@ -258,27 +282,33 @@ class FrozenEncoder(nn.Module):
                 f"pixels must have at least 3 dims ([..., S*C, H, W]), got shape "
                 f"{tuple(pixels.shape)}."
             )
+        out_dtype = torch.float32 if out_dtype is None else out_dtype
         lead = pixels.shape[:-3]
         flat = pixels.reshape(-1, *pixels.shape[-3:])
         device = self.device
         out_device = pixels.device
         outs = []
-        with torch.no_grad():
+        grad_context = torch.inference_mode if self.use_inference_mode else torch.no_grad
+        with grad_context():
             step = self.chunk_size or max(flat.shape[0], 1)
             for start in range(0, flat.shape[0], step):
-                chunk = flat[start : start + step].to(device, non_blocking=True)
-                emb = self.encode(self.preprocessor(chunk))
+                frames = self.preprocessor.select(flat[start : start + step])
+                frames = frames.to(device, non_blocking=True)
+                emb = self.encode(self.preprocessor.convert_frames(frames))
                 if emb.ndim != 2 or emb.shape[-1] != self.embedding_dim:
                     raise RuntimeError(
                         f"encoder {self.name!r} returned shape {tuple(emb.shape)}, expected "
-                        f"[{chunk.shape[0]}, {self.embedding_dim}]."
+                        f"[{frames.shape[0]}, {self.embedding_dim}]."
                     )
-                outs.append(emb.float())
-        if outs:
-            out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        else:
-            out = torch.zeros(0, self.embedding_dim, device=device)
-        return out.to(out_device).reshape(*lead, self.embedding_dim)
+                outs.append(emb.to(out_dtype))
+            if outs:
+                out = torch.cat(outs) if len(outs) > 1 else outs[0]
+            else:
+                out = torch.zeros(0, self.embedding_dim, device=device, dtype=out_dtype)
+        out = out.to(out_device)  # outside inference mode: a copy to another device is ordinary
+        if out.is_inference():
+            out = out.clone()  # an ordinary tensor: callers may save it for backward
+        return out.reshape(*lead, self.embedding_dim)
 
     def describe(self) -> dict[str, Any]:
         """What a run config should record: name, weights actually used, size, input options."""

@@ -52,6 +52,8 @@ class OnlineEncoder(FrozenEncoder):
 
     # the live module stays where the agent keeps it; inputs are moved to it instead
     follows_data_device = False
+    # the agent's live module (parameters shared with the learner): plain no_grad, as before
+    use_inference_mode = False
 
     def __init__(
         self,

@@ -13,6 +13,9 @@
 - ``"auto"``: ImageNet when obtainable, else random with a loud warning.
 
 The weights actually used are in ``encoder.weights_source`` (and ``describe()``).
+
+``precision`` (``"fp32"`` default, ``"bf16"``, ``"int8"``) and ``fuse`` choose a faster variant of
+the loaded network (see :mod:`torchrl_rise.encoders.optimize`); ``int8`` is for CPU collection.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from torchrl_rise.encoders.base import FrozenEncoder, PixelPreprocessor, register_encoder
+from torchrl_rise.encoders.optimize import PRECISIONS, optimize_backbone
 
 __all__ = [
     "TorchvisionEncoder",
@@ -239,6 +243,9 @@ class TorchvisionEncoder(FrozenEncoder):
         weights_source: str,
         preprocessor: PixelPreprocessor,
         chunk_size: int | None = 1024,
+        precision: str = "fp32",
+        channels_last_memory: bool = False,
+        quantized_engine: str | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -248,9 +255,35 @@ class TorchvisionEncoder(FrozenEncoder):
             chunk_size=chunk_size,
         )
         self.backbone = backbone
+        self.precision = precision
+        self._input_dtype = torch.bfloat16 if precision == "bf16" else None
+        self._memory_format = torch.channels_last if channels_last_memory else None
+        self._quantized_engine = quantized_engine
+        if quantized_engine is not None:
+            # int8 kernels are CPU-only: the transform must not move this encoder to a GPU
+            self.follows_data_device = False
         self.freeze()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        recipe = getattr(self, "_rebuild_recipe", None)
+        if recipe is not None:  # int8: quantised FX modules do not pickle, rebuild instead
+            return _rebuild_quantized, recipe
+        return super().__reduce_ex__(protocol)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self._input_dtype is not None:
+            images = images.to(self._input_dtype)
+        if self._memory_format is not None:
+            images = images.contiguous(memory_format=self._memory_format)
+        if self._quantized_engine is not None:
+            if images.device.type != "cpu":
+                raise RuntimeError(
+                    f"the int8 {self.name} encoder runs on CPU only, got images on "
+                    f"{images.device}; use precision='fp32' or 'bf16' on a GPU."
+                )
+            if torch.backends.quantized.engine != self._quantized_engine:
+                # the packed int8 weights belong to the backend they were quantised with
+                torch.backends.quantized.engine = self._quantized_engine
         return self.backbone(images)
 
 
@@ -266,10 +299,14 @@ def _build_torchvision(
     seed: int = 0,
     chunk_size: int | None = 1024,
     download_timeout: float = 10.0,
+    precision: str = "fp32",
+    fuse: bool = False,
+    calibration_frames: torch.Tensor | None = None,
+    calibration_size: int = 128,
 ) -> TorchvisionEncoder:
     import torchvision
 
-    builder, _, head, dim = _ARCHS[arch]
+    builder, _, head, _ = _ARCHS[arch]
     if frame_channels not in (1, 3):
         raise ValueError(
             f"{arch} takes grayscale (frame_channels=1, replicated to RGB) or RGB "
@@ -280,6 +317,16 @@ def _build_torchvision(
     if weights is None:
         raise ValueError(
             f"weights=None is ambiguous for {arch}: use 'auto', 'imagenet', 'random' or a path."
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}."
+        )
+    if precision == "int8" and arch != "resnet18":
+        raise ValueError(
+            f"precision='int8' is offered for resnet18 only: {arch}'s depthwise and "
+            "squeeze-excitation blocks drift far from fp32 under static int8 quantisation; use "
+            "precision='fp32' (fuse=True for a faster CPU variant) or 'bf16'."
         )
     requested = os.fspath(weights)
 
@@ -323,16 +370,93 @@ def _build_torchvision(
         resize=resize,
         imagenet_normalize=True if imagenet_normalize is None else imagenet_normalize,
     )
-    encoder = TorchvisionEncoder(
-        name=arch,
-        backbone=model,
-        embedding_dim=dim,
+    return _assemble(
+        arch,
+        model,
         weights_source=source,
+        description={"requested_weights": requested, "seed": seed},
         preprocessor=preprocessor,
         chunk_size=chunk_size,
+        precision=precision,
+        fuse=fuse,
+        calibration_frames=calibration_frames,
+        calibration_size=calibration_size,
+        seed=seed,
     )
-    encoder._extra_description = {"requested_weights": requested, "seed": seed}
+
+
+def _assemble(
+    arch: str,
+    model: nn.Module,
+    *,
+    weights_source: str,
+    description: dict[str, Any],
+    preprocessor: PixelPreprocessor,
+    chunk_size: int | None,
+    precision: str,
+    fuse: bool,
+    calibration_frames: torch.Tensor | None,
+    calibration_size: int,
+    seed: int,
+) -> TorchvisionEncoder:
+    """The encoder around ``model`` (fp32, weights loaded), turned into the requested variant."""
+    model.eval()
+    recipe: dict[str, Any] | None = None
+    if precision == "int8":
+        # torch.ao's quantised FX modules do not pickle: keep what rebuilds the same int8 network
+        # (the fp32 weights and the calibration data; quantisation is deterministic)
+        recipe = dict(
+            weights_source=weights_source,
+            description=description,
+            preprocessor=preprocessor,
+            chunk_size=chunk_size,
+            precision=precision,
+            fuse=fuse,
+            calibration_frames=None
+            if calibration_frames is None
+            else calibration_frames.detach().cpu().clone(),
+            calibration_size=calibration_size,
+            seed=seed,
+        )
+        recipe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    backbone, variant = optimize_backbone(
+        model,
+        arch=arch,
+        precision=precision,
+        fuse=fuse,
+        preprocessor=preprocessor,
+        calibration_frames=calibration_frames,
+        calibration_size=calibration_size,
+        seed=seed,
+    )
+    encoder = TorchvisionEncoder(
+        name=arch,
+        backbone=backbone,
+        embedding_dim=_ARCHS[arch][3],
+        weights_source=weights_source,
+        preprocessor=preprocessor,
+        chunk_size=chunk_size,
+        precision=precision,
+        channels_last_memory=bool(fuse) and precision != "int8",
+        quantized_engine=variant.get("quantized_engine"),
+    )
+    encoder._extra_description = {**description, **variant}
+    if recipe is not None:
+        encoder._rebuild_recipe = (arch, recipe_state, recipe)
     return encoder
+
+
+def _rebuild_quantized(
+    arch: str, state: dict[str, torch.Tensor], recipe: dict[str, Any]
+) -> TorchvisionEncoder:
+    """Unpickle an int8 encoder: quantise its fp32 weights again, with the same calibration."""
+    import torchvision
+
+    builder, _, head, _ = _ARCHS[arch]
+    model = getattr(torchvision.models, builder)(weights=None)
+    setattr(model, head, nn.Identity())
+    model.load_state_dict(state)
+    return _assemble(arch, model, **recipe)
 
 
 @register_encoder("resnet18")

@@ -22,7 +22,9 @@ def left_align_window(
         mask: ``[B, K]`` bool validity.
 
     Keyword Args:
-        check: raise if some row's valid entries are not a suffix.
+        check: raise if some row's valid entries are not a suffix. The check reads the mask on
+            the host, so it runs on CPU tensors only (on an accelerator it would cost a device
+            sync per forward pass, and a graph break under ``torch.compile``).
 
     Returns:
         the rolled window ``[B, K, D]`` (valid entries first) and the valid lengths ``[B]``.
@@ -37,7 +39,7 @@ def left_align_window(
     k = window.shape[-2]
     lengths = mask.sum(-1)
     positions = torch.arange(k, device=mask.device)
-    if check:
+    if check and mask.device.type == "cpu" and not torch.compiler.is_compiling():
         expected = positions >= (k - lengths).unsqueeze(-1)
         if not torch.equal(expected, mask):
             raise ValueError(

@@ -361,7 +361,11 @@ class IQNLoss(LossModule):
                 f"{self.tensor_keys.action!r} must be an integer index (Categorical spec), got "
                 f"dtype {action.dtype}; one-hot actions are not supported."
             )
-        if action.numel() and (int(action.min()) < 0 or int(action.max()) >= num_actions):
+        # The range check reads the actions on the host: free on the CPU, a device sync per
+        # update elsewhere and a graph break under torch.compile, so it runs on CPU tensors only
+        # (out of range on CUDA, gather raises a device-side assert).
+        check = action.device.type == "cpu" and not torch.compiler.is_compiling()
+        if check and action.numel() and (int(action.min()) < 0 or int(action.max()) >= num_actions):
             raise ValueError(
                 f"actions must lie in [0, {num_actions}), got values in "
                 f"[{int(action.min())}, {int(action.max())}]."

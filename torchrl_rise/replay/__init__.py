@@ -10,16 +10,21 @@ from torchrl_rise.replay.buffer import (
     RiseReplayBuffer,
     ScratchInUseError,
 )
+from torchrl_rise.replay.prefetch import Prefetcher
 from torchrl_rise.replay.sampler import ReadinessSampler
 from torchrl_rise.replay.sequence import SequenceReplayBuffer
 from torchrl_rise.replay.snapshot import prune_chunk_store
+from torchrl_rise.replay.sum_tree import TorchMinTree, TorchSumTree
 
 __all__ = [
     "CheckpointCorruptError",
     "InsufficientDiskSpaceError",
+    "Prefetcher",
     "ReadinessSampler",
     "RiseReplayBuffer",
     "ScratchInUseError",
     "SequenceReplayBuffer",
+    "TorchMinTree",
+    "TorchSumTree",
     "prune_chunk_store",
 ]

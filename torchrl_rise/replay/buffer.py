@@ -19,16 +19,18 @@ it spans.
 
 Readiness. A step record is *ready* (sampleable) when its n-step future is written (``n`` more
 records of its episode, or the episode's final record) and the ``S - 1`` frames of its stack are
-still stored. Readiness is kept in TorchRL's prioritized sampler: a slot that is not ready has weight
+still stored. Readiness is kept in the prioritized sampler: a slot that is not ready has weight
 zero. The embedding windows of the oldest records of a lane may be cut by the seam; their masks say
 so (the learner sees a shorter context, as at the start of an episode).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import inspect
 import io
 import json
 import logging
@@ -36,6 +38,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +51,7 @@ from torchrl.data import LazyMemmapStorage
 
 from torchrl_rise import keys
 from torchrl_rise._fileio import is_disk_full, write_atomic
-from torchrl_rise.replay import snapshot
+from torchrl_rise.replay import _torchrl_adapter, snapshot
 from torchrl_rise.replay.sampler import ReadinessSampler
 
 __all__ = ["InsufficientDiskSpaceError", "RiseReplayBuffer", "ScratchInUseError"]
@@ -127,8 +130,12 @@ class RiseReplayBuffer:
     Each sampled transition comes with the frame stack and the embedding window of length ``K``
     at ``t`` and at the bootstrap step ``t + m`` (``m <= n`` steps actually taken: fewer when the
     episode ends), the n-step discounted return and the discount of the bootstrap value
-    (``gamma ** m``, zero after termination; truncation bootstraps). Prioritized replay (TorchRL's
-    segment trees) or uniform sampling; checkpoint/resume through :meth:`dumps`/:meth:`loads`.
+    (``gamma ** m``, zero after termination; truncation bootstraps). Prioritized replay (sum/min
+    segment trees: TorchRL's or pure torch, see ``tree``) or uniform sampling; checkpoint/resume
+    through :meth:`dumps`/:meth:`loads`. Both states of a transition are cut from one gathered
+    block of ``K + n`` embeddings and ``S + n`` frames (views when no row's episode ends within
+    ``n`` steps); ``reuse_output``, ``pin_memory``, ``storage_device`` and :meth:`sample_async` /
+    :class:`~torchrl_rise.replay.Prefetcher` make sampling cheaper (see ``docs/replay.md``).
 
     ``extend`` takes collector output laid out ``[num_envs, T]`` (time last, as TorchRL collectors
     over a batched env produce it), ``[T]`` when ``num_envs == 1`` or ``[num_envs]`` (one vector
@@ -182,6 +189,22 @@ class RiseReplayBuffer:
         check_disk: check up front that ``scratch_dir`` has room for the whole capacity.
         chunk_records: slots per snapshot chunk (see :meth:`dumps`); 1024 by default, 8.3 MB
             per chunk file at the Atari layout.
+        tree: the priority trees: ``"auto"`` (TorchRL's C++ trees where they load, else the
+            pure-torch ones), ``"torchrl"`` or ``"torch"``; see
+            :class:`~torchrl_rise.replay.ReadinessSampler`.
+        storage_device: keep the embeddings (and, with ``device_frames``, the frames) in this
+            device's memory instead of the memmap, and gather them there (e.g. ``"cuda"``: 1 GB
+            of embeddings for 2^20 x 512 fp16). Samples then come back on that device; the
+            priorities live there too when the torch tree is used. ``None`` (default): everything
+            in the memmap. ``"cpu"`` keeps them in RAM (the same code path, testable anywhere).
+        device_frames: with ``storage_device``, also keep the frames there (7 KB per record at
+            84x84).
+        reuse_output: write each batch into one of two preallocated output buffers, reused in
+            turn: a batch returned by :meth:`sample` stays valid until the second next call of
+            :meth:`sample` (copy what must live longer). Saves the allocation and page faults of
+            ~35 MB per batch. ``False`` (default): every batch is freshly allocated.
+        pin_memory: allocate the reused output buffers in pinned memory (for a fast, asynchronous
+            copy to a GPU learner). A no-op without CUDA or with ``storage_device``.
 
     The buffer takes an exclusive lock on ``scratch_dir`` (``<scratch_dir>/.lock``, holding its
     pid) for its lifetime: a second live buffer on the same directory raises
@@ -250,6 +273,11 @@ class RiseReplayBuffer:
         seed: int | None = None,
         check_disk: bool = True,
         chunk_records: int = snapshot.DEFAULT_CHUNK_RECORDS,
+        tree: str = "auto",
+        storage_device: str | torch.device | None = None,
+        device_frames: bool = True,
+        reuse_output: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         frame_shape = tuple(int(x) for x in frame_shape)
         if len(frame_shape) != 3 or min(frame_shape) < 1:
@@ -320,6 +348,21 @@ class RiseReplayBuffer:
         self.priority_key = _as_key(priority_key)
 
         self.chunk_records = chunk_records
+        self.storage_device = None if storage_device is None else torch.device(storage_device)
+        self._device_names: tuple[str, ...] = ()
+        if self.storage_device is not None:
+            names = ["embedding"] if self.use_embeddings else []
+            self._device_names = tuple(names + (["frame"] if device_frames else []))
+        self.reuse_output = bool(reuse_output)
+        self.pin_memory = bool(pin_memory) and self.storage_device is None
+        if self.pin_memory and not torch.cuda.is_available():
+            logger.info("pin_memory=True without CUDA: output buffers are not pinned (a no-op).")
+            self.pin_memory = False
+        self._rings: dict[Any, _OutputRing] = {}
+        # Writes to the storage wait for in-flight background gathers (see sample_async).
+        self._pending: list[concurrent.futures.Future] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         self._closed = False
         self._lock_fd: int | None = None
         if scratch_dir is None:
@@ -349,12 +392,11 @@ class RiseReplayBuffer:
             importance_weights=importance_weights,
             stratified=stratified,
             max_priority_floor=max_priority_floor,
+            tree=tree,
+            device=self.storage_device if tree != "torchrl" and self.storage_device else "cpu",
+            generator=self._make_generator(seed),
         )
-        self._generator = torch.Generator()
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self._generator.manual_seed(seed)
-        self.sampler._rng = self._generator  # TorchRL draws the sampling mass from it.
+        self._generator = self.sampler.generator
 
         E = num_envs
         self._lane_next = torch.zeros(E, dtype=torch.long)
@@ -373,6 +415,14 @@ class RiseReplayBuffer:
         self._dirty = torch.ones(len(self._chunk_bounds), dtype=torch.bool)
         self._chunk_store: Path | None = None
         self._chunk_refs: list[dict[str, Any]] | None = None
+
+    @staticmethod
+    def _make_generator(seed: int | None) -> torch.Generator:
+        generator = torch.Generator()
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        generator.manual_seed(seed)
+        return generator
 
     # ------------------------------------------------------------------ sizes and settings
     @property
@@ -545,8 +595,13 @@ class RiseReplayBuffer:
         """
         if self._closed:
             return
+        self._settle()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self._closed = True
         self._fields = {}
+        self._rings = {}
         storage, self.storage = self.storage, None
         if storage is not None and storage.initialized and self._owns_scratch:
             storage.cleanup()
@@ -748,12 +803,18 @@ class RiseReplayBuffer:
             index.append(self._lane_base[:, None].expand(E, T)[end] + (lane_step[end] + 1) % L)
             data = {name: torch.cat([data[name], finals[name]]) for name in data}
         index = torch.cat(index)
+        self._settle()  # a background gather must not read slots this write replaces
+        on_device = {name: data.pop(name) for name in self._device_names}
         batch = TensorDict(data, batch_size=[index.numel()])
         if not self.storage.initialized:
             self._init_storage()
         self.storage.set(index, batch)
+        if on_device:
+            where = index.to(self.storage_device)
+            for name, value in on_device.items():
+                self._fields[name][where] = value.to(self.storage_device)
         # Every slot of every lane is allocated: the sampler must see the whole range.
-        self.storage._len = self.capacity
+        _torchrl_adapter.set_storage_len(self.storage, self.capacity)
         self._dirty[index // self.chunk_records] = True
 
         old_next = self._lane_next.clone()
@@ -768,11 +829,15 @@ class RiseReplayBuffer:
         """Create the memmap files (writing the all-zero pad record) and allocate their blocks."""
         specs = self._field_specs()
         pad = TensorDict(
-            {name: torch.zeros(1, *shape, dtype=dtype) for name, (dtype, shape) in specs.items()},
+            {
+                name: torch.zeros(1, *shape, dtype=dtype)
+                for name, (dtype, shape) in specs.items()
+                if name not in self._device_names
+            },
             batch_size=[1],
         )
         self.storage.set(torch.tensor([self._zero]), pad)
-        self.storage._len = self.capacity
+        _torchrl_adapter.set_storage_len(self.storage, self.capacity)
         self._bind_fields()
         try:
             self._preallocate()
@@ -784,7 +849,7 @@ class RiseReplayBuffer:
     def _preallocate(self) -> None:
         """Allocate every memmap file's blocks now (they are sparse): a disk without room fails
         here with a clear error instead of killing the process with SIGBUS at some later write."""
-        for name, value in self.storage._storage.items():
+        for name, value in _torchrl_adapter.storage_fields(self.storage).items():
             filename = value.filename
             size = value.numel() * value.element_size()
             fd = os.open(filename, os.O_RDWR)
@@ -813,9 +878,15 @@ class RiseReplayBuffer:
                 os.close(fd)
 
     def _bind_fields(self) -> None:
-        td = self.storage._storage
+        td = _torchrl_adapter.storage_fields(self.storage)
         # Plain-tensor views of the memmaps (skips the subclass's Python-level indexing).
         self._fields = {key: value.as_subclass(torch.Tensor) for key, value in td.items()}
+        specs = self._field_specs()
+        for name in self._device_names:
+            dtype, shape = specs[name]
+            self._fields[name] = torch.zeros(
+                self.capacity + 1, *shape, dtype=dtype, device=self.storage_device
+            )
         if self.use_embeddings:
             self._fields["embedding"][self._zero].zero_()
 
@@ -864,9 +935,8 @@ class RiseReplayBuffer:
         return ok & (s + m < nxt) & (f["episode"][boot] == f["episode"][slot])
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(self, batch_size: int | None = None) -> TensorDict:
-        """Draw a batch of transitions (prioritized or uniform) with their windows."""
+    def _draw(self, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots and importance weights of one batch (the only use of the sampling RNG)."""
         self._check_open()
         batch_size = self.batch_size if batch_size is None else batch_size
         if self._num_ready == 0:
@@ -879,13 +949,69 @@ class RiseReplayBuffer:
         weight = torch.as_tensor(info["priority_weight"], dtype=torch.float32)
         if not self.prioritized:
             weight = torch.ones_like(weight)
-        return self._gather(index.long(), weight)
+        return index.long(), weight
+
+    @torch.no_grad()
+    def sample(self, batch_size: int | None = None) -> TensorDict:
+        """Draw a batch of transitions (prioritized or uniform) with their windows.
+
+        With ``reuse_output=True`` the batch lives in a reused buffer: it stays valid until the
+        second next call of :meth:`sample` (see the class docstring).
+        """
+        index, weight = self._draw(batch_size)
+        ring = self._ring("sample", index.numel()) if self.reuse_output else None
+        return self._assemble(index, weight, ring)
+
+    def sample_async(
+        self, batch_size: int | None = None, *, ring: _OutputRing | None = None
+    ) -> concurrent.futures.Future:
+        """Draw a batch now and assemble it on a background thread; returns a future of the batch.
+
+        The slots and weights are drawn immediately, in the calling thread (so the sequence of
+        draws is the same as with :meth:`sample`, whatever the timing); the gather runs on a worker
+        thread (``index_select`` releases the GIL) while the caller does something else, e.g. the
+        learner update of the previous batch. :meth:`extend`, :meth:`loads` and :meth:`close` wait
+        for pending gathers before they write, so a batch never mixes old and new records.
+        Priorities written after the draw (:meth:`update_priority`) do not change the batch:
+        this is Ape-X-style prefetch, see :class:`~torchrl_rise.replay.Prefetcher`.
+
+        Keyword Args:
+            ring: reused output buffers to write into (the :class:`Prefetcher` passes its own);
+                ``None`` allocates the batch.
+        """
+        index, weight = self._draw(batch_size)
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="rise-replay-gather"
+            )
+        future = self._executor.submit(self._assemble, index, weight, ring)
+        self._pending = [f for f in self._pending if not f.done()] + [future]
+        return future
+
+    def _settle(self) -> None:
+        """Wait for every background gather (before anything writes to the storage)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            with contextlib.suppress(Exception):  # its error is raised to whoever holds it
+                future.result()
+
+    def _ring(self, name: str, batch_size: int) -> _OutputRing:
+        ring = self._rings.get((name, batch_size))
+        if ring is None:
+            ring = self._rings[(name, batch_size)] = self.output_ring()
+        return ring
+
+    def output_ring(self, slots: int = 2) -> _OutputRing:
+        """A new set of ``slots`` reused output buffers (pinned if ``pin_memory``), for
+        :meth:`sample_async`."""
+        return _OutputRing(slots, pin=self.pin_memory)
 
     @torch.no_grad()
     def gather(self, index: torch.Tensor) -> TensorDict:
         """Assemble the transitions stored at the slots ``index`` (all must be sampleable).
 
-        ``_weight`` is 1. Useful for evaluation and tests; training uses :meth:`sample`.
+        ``_weight`` is 1. Useful for evaluation and tests; training uses :meth:`sample`. The
+        batch is always freshly allocated.
         """
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         bad = (index < 0) | (index >= self.capacity)
@@ -901,9 +1027,46 @@ class RiseReplayBuffer:
         """The slots that hold a sampleable transition, ascending."""
         return self._ready.nonzero().squeeze(-1)
 
-    def _gather(self, index: torch.Tensor, weight: torch.Tensor) -> TensorDict:
+    def _assemble(
+        self, index: torch.Tensor, weight: torch.Tensor, ring: _OutputRing | None
+    ) -> TensorDict:
+        """``_gather`` into ``ring`` where the class's ``_gather`` takes one (a subclass written
+        against the two-argument ``_gather(index, weight)`` gets fresh batches)."""
+        if ring is None or not self._gather_takes_ring():
+            return self._gather(index, weight)
+        return self._gather(index, weight, ring)
+
+    @classmethod
+    def _gather_takes_ring(cls) -> bool:
+        takes = cls.__dict__.get("_takes_ring_cache")
+        if takes is None:
+            takes = "ring" in inspect.signature(cls._gather).parameters
+            cls._takes_ring_cache = takes
+        return takes
+
+    def _select(self, name: str, slots: torch.Tensor, out: dict[str, torch.Tensor] | None):
+        """``field[slots]`` for slots ``[B, W]``: one ``index_select`` straight into an output
+        buffer (reused when ``out`` is a ring slot), shaped ``[B, W, *row_shape]``."""
+        table = self._fields[name]
+        slots = slots.to(table.device)
+        shape = (*slots.shape, *table.shape[1:])
+        if out is None:
+            return _rows(table, slots)
+        buf = out.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != table.dtype:
+            pin = self.pin_memory and table.device.type == "cpu"
+            buf = out[name] = torch.empty(
+                shape, dtype=table.dtype, device=table.device, pin_memory=pin
+            )
+        torch.index_select(table, 0, slots.reshape(-1), out=buf.view(-1, *table.shape[1:]))
+        return buf
+
+    def _gather(
+        self, index: torch.Tensor, weight: torch.Tensor, ring: _OutputRing | None = None
+    ) -> TensorDict:
         L, n, S, K = self.lane_capacity, self.n_step, self.frame_stack, self.context_length
         f = self._fields
+        out_bufs = None if ring is None else ring.next()
         B = index.numel()
         lane_base = index - index % L
         s = f["lane_step"][index]
@@ -921,21 +1084,49 @@ class RiseReplayBuffer:
         last = torch.arange(B), m - 1
         term_m, trunc_m = terminated[last], truncated[last]
         discount = self._gamma_pow[m] * (~term_m)
-
-        # Frame stacks at t and t+m, clamped to the episode's first frame ("same" padding); each
-        # is one index_select straight into its output (no intermediate copy).
-        c, h, w = self.frame_shape
-        back = torch.arange(-S + 1, 1)
+        # Rows whose bootstrap step is t+n (no episode end within n steps): both windows are
+        # views of one block of rows t-W+1 .. t+n. Rows with m < n get their bootstrap window
+        # gathered separately (a fix-up), which needs the next window as its own tensor.
+        short = (m < n).nonzero().squeeze(-1)
         first = -ep[:, None]
-        frames = f["frame"]
-        pixels = _rows(frames, lane_base[:, None] + (s[:, None] + back.maximum(first)) % L)
-        next_off = (m[:, None] + back).maximum(first)
-        next_pixels = _rows(frames, lane_base[:, None] + (s[:, None] + next_off) % L)
+
+        def windows(name, span, clamp, valid_fn):
+            """Current and next windows of ``span`` rows, gathered once as ``span + n`` rows."""
+            off = torch.arange(-span + 1, n + 1).expand(B, -1)
+            if clamp:
+                off = off.maximum(first)
+            valid = valid_fn(off) if valid_fn is not None else None
+            slots = lane_base[:, None] + (s[:, None] + off) % L
+            if valid is not None:
+                slots = torch.where(valid, slots, self._zero)
+            block = self._select(name, slots, out_bufs)
+            cur, nxt = block[:, :span], block[:, n:]
+            vcur = vnxt = None
+            if valid is not None:
+                vcur, vnxt = valid[:, :span], valid[:, n:]
+            if short.numel():
+                # The next windows as their own tensor; the rows with m < n re-gathered.
+                nxt = _copy_into(nxt, out_bufs, f"next_{name}")
+                off_s = m[short, None] + torch.arange(-span + 1, 1)
+                if clamp:
+                    off_s = off_s.maximum(first[short])
+                slots_s = lane_base[short, None] + (s[short, None] + off_s) % L
+                if valid is not None:
+                    vnxt = vnxt.clone()
+                    v_s = valid_fn(off_s, short)
+                    vnxt.index_copy_(0, short, v_s)
+                    slots_s = torch.where(v_s, slots_s, self._zero)
+                # index_copy_: advanced-index assignment into the big tensor is far slower on CPU.
+                nxt.index_copy_(0, short.to(nxt.device), _rows(f[name], slots_s.to(f[name].device)))
+            return cur, nxt, vcur, vnxt
+
+        # Frame stacks at t and t+m, clamped to the episode's first frame ("same" padding).
+        pixels, next_pixels, _, _ = windows("frame", S, True, None)
 
         out = {
-            self.pixels_key: pixels.view(B, S * c, h, w),
+            self.pixels_key: pixels.flatten(1, 2),
             self.action_key: f["action"][index],
-            ("next", *_tuple(self.pixels_key)): next_pixels.view(B, S * c, h, w),
+            ("next", *_tuple(self.pixels_key)): next_pixels.flatten(1, 2),
             ("next", *_tuple(self.reward_key)): ret.float()[:, None],
             ("next", keys.DISCOUNT): discount.float()[:, None],
             ("next", *_tuple(self.terminated_key)): term_m[:, None],
@@ -950,20 +1141,21 @@ class RiseReplayBuffer:
             # older than the lane's oldest stored record are invalid: they are read from the
             # storage's extra all-zero record, so no masking pass over the window is needed.
             oldest = (self._lane_next[index // L] - L)[:, None]
-            win = torch.arange(-K + 1, 1)
-            for key, mask_key, off in (
-                (self.context_key, self.context_mask_key, win.expand(B, -1)),
-                (
-                    ("next", *_tuple(self.context_key)),
-                    ("next", *_tuple(self.context_mask_key)),
-                    m[:, None] + win,
-                ),
-            ):
-                valid = (off >= first) & (s[:, None] + off >= oldest)
-                slots = torch.where(valid, lane_base[:, None] + (s[:, None] + off) % L, self._zero)
-                out[key] = _rows(f["embedding"], slots)
-                out[mask_key] = valid
-        return TensorDict(out, batch_size=[B])
+
+            def valid_fn(off, rows=None):
+                if rows is None:
+                    return (off >= first) & (s[:, None] + off >= oldest)
+                return (off >= first[rows]) & (s[rows, None] + off >= oldest[rows])
+
+            ctx, next_ctx, mask, next_mask = windows("embedding", K, False, valid_fn)
+            out[self.context_key] = ctx
+            out[self.context_mask_key] = mask
+            out[("next", *_tuple(self.context_key))] = next_ctx
+            out[("next", *_tuple(self.context_mask_key))] = next_mask
+        td = TensorDict(out, batch_size=[B])
+        if self.storage_device is not None and self.storage_device.type != "cpu":
+            td = td.to(self.storage_device, non_blocking=True)
+        return td
 
     # ------------------------------------------------------------------ priorities
     @torch.no_grad()
@@ -1156,6 +1348,7 @@ class RiseReplayBuffer:
                 found while the chunks are copied leaves the buffer empty.
         """
         self._check_open()
+        self._settle()
         path = Path(path).absolute()
         manifest = snapshot.read_manifest(path)
         mine, theirs = self._config(), manifest["config"]
@@ -1261,6 +1454,34 @@ def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` for an index of shape ``[B, W]``: one ``index_select`` over rows (faster
     than advanced indexing on CPU), shaped ``[B, W, *row_shape]``."""
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
+def _copy_into(x: torch.Tensor, out: dict[str, torch.Tensor] | None, name: str) -> torch.Tensor:
+    """A contiguous copy of ``x``, into ``out[name]`` when reused buffers are given."""
+    if out is None:
+        return x.clone(memory_format=torch.contiguous_format)
+    buf = out.get(name)
+    if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
+        buf = out[name] = torch.empty(
+            x.shape, dtype=x.dtype, device=x.device, pin_memory=x.is_pinned()
+        )
+    return buf.copy_(x)
+
+
+class _OutputRing:
+    """``slots`` sets of output buffers used in turn (batch ``k`` is overwritten by ``k + slots``)."""
+
+    def __init__(self, slots: int = 2, *, pin: bool = False) -> None:
+        if slots < 1:
+            raise ValueError(f"an output ring needs at least 1 slot, got {slots}.")
+        self.slots: list[dict[str, torch.Tensor]] = [{} for _ in range(slots)]
+        self.pin = pin
+        self._next = 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        out = self.slots[self._next]
+        self._next = (self._next + 1) % len(self.slots)
+        return out
 
 
 def _steps_taken(ends: torch.Tensor) -> torch.Tensor:

@@ -81,11 +81,13 @@ def _byte_view(t: torch.Tensor) -> memoryview:
 
 
 def write_chunk(path: Path, fields: Mapping[str, torch.Tensor], start: int, end: int) -> dict:
-    """Write slots ``[start, end)`` of every field (in ``fields`` order) to ``path`` atomically."""
+    """Write slots ``[start, end)`` of every field (in ``fields`` order) to ``path`` atomically.
+
+    Fields in device memory (a device-resident buffer) are copied to the CPU a chunk at a time."""
 
     def write(f: Any) -> None:
         for value in fields.values():
-            f.write(_byte_view(value[start:end]))
+            f.write(_byte_view(value[start:end].cpu()))
 
     return write_atomic(path, write)
 
@@ -102,7 +104,10 @@ def read_chunk(
     checksum = Checksum()
     with open(path, "rb") as f:  # read-only: a load never touches a checkpoint file
         for value in fields.values():
-            view = _byte_view(value[start:end])
+            dest = value[start:end]
+            # A field in device memory is read through a CPU staging copy of the chunk.
+            stage = dest if dest.device.type == "cpu" else torch.empty(dest.shape, dtype=dest.dtype)
+            view = _byte_view(stage)
             got = 0
             while got < view.nbytes:
                 n = f.readinto(view[got:])
@@ -113,6 +118,8 @@ def read_chunk(
                     )
                 got += n
             checksum.update(view)
+            if stage is not dest:
+                dest.copy_(stage)
         if f.read(1):
             raise CheckpointCorruptError(f"replay snapshot file {path} is longer than its chunk.")
     if checksum.hexdigest() != want[CHECKSUM]:

@@ -1,8 +1,9 @@
 """The training loop shared by the recipes: config, builders, loop, evaluation, checkpoints, logs.
 
-``train(cfg)`` runs collector -> replay -> learner -> target update -> evaluation -> logging ->
-checkpoint for a :class:`TrainConfig` (or the dict / hydra config the recipes compose); see
-docs/training.md.
+A recipe builds the pieces with :mod:`torchrl_rise.training.builders` and runs
+``Trainer.from_components(cfg, assembly).run()``: collector -> replay -> learner -> target update
+-> evaluation -> logging -> checkpoint. ``train(cfg)`` does the same for a :class:`TrainConfig`
+(or a dict / hydra config), building the pieces with ``build_assembly``; see docs/training.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torchrl_rise.training.config import (
     validate_config,
 )
 from torchrl_rise.training.evaluation import EvalResult, evaluate
+from torchrl_rise.training.learner import DeviceMismatchError, Learner
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.loop import CollectorExhaustedError, DiskFullError, Trainer, train
 from torchrl_rise.training.summary import make_summary, write_summary
@@ -46,12 +48,14 @@ __all__ = [
     "CollectorConfig",
     "CollectorExhaustedError",
     "ConfigError",
+    "DeviceMismatchError",
     "DiskFullError",
     "EncoderConfig",
     "EnvConfig",
     "EvalConfig",
     "EvalResult",
     "ExplorationConfig",
+    "Learner",
     "LoggingConfig",
     "LossConfig",
     "NetworkConfig",

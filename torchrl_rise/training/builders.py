@@ -201,7 +201,7 @@ class EnvFactory:
                 encoder,
                 context_length=self.cfg.encoder.context_length,
                 embedding_dtype=embedding_dtype(self.cfg.encoder.dtype),
-                encoder_device=next(encoder.parameters(), torch.empty(0)).device,
+                encoder_device=encoder.device,  # the learner's GPU for direct runs (build_encoder)
             )
         )
         return env
@@ -337,9 +337,10 @@ def build_loss(cfg: TrainConfig, net: nn.Module):
 
 
 def build_optimizer(cfg: TrainConfig, loss: nn.Module) -> torch.optim.Optimizer:
-    """Adam over the loss's trainable parameters (the target network is excluded)."""
-    params = [p for p in loss.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.optim.lr, eps=cfg.optim.eps)
+    """Adam over the loss's trainable parameters (the target network is excluded), fused on CUDA."""
+    from torchrl_rise.training.learner import build_learner_optimizer
+
+    return build_learner_optimizer(loss, lr=cfg.optim.lr, eps=cfg.optim.eps, device=cfg.device)
 
 
 def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scratch_dir: Path):

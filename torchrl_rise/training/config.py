@@ -279,7 +279,6 @@ class LoggingConfig:
         backends: any of ``csv`` (always written: ``train.csv``/``eval.csv``), ``tensorboard``,
             ``wandb``.
         interval_frames: a ``train.csv`` row every this many frames.
-        gate_interval_updates: gate diagnostics every this many gradient updates.
         progress: show a tqdm progress bar.
         wandb_project: W&B project when ``wandb`` is among the backends.
     """
@@ -288,7 +287,6 @@ class LoggingConfig:
     run_dir: str | None = None
     backends: list[str] = field(default_factory=lambda: ["csv"])
     interval_frames: int = 10_000
-    gate_interval_updates: int = 250
     progress: bool = True
     wandb_project: str = "torchrl_rise"
 
@@ -558,7 +556,6 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"logging.backends has unknown entries {unknown}; choose from {LOGGER_BACKENDS}."
         )
     _positive(lg.interval_frames, "logging.interval_frames")
-    _positive(lg.gate_interval_updates, "logging.gate_interval_updates")
 
     ck = cfg.checkpoint
     _positive(ck.interval_frames, "checkpoint.interval_frames")

@@ -67,6 +67,7 @@ from torchrl_rise.training.config import (
     load_config,
 )
 from torchrl_rise.training.evaluation import EvalResult, evaluate
+from torchrl_rise.training.learner import Learner
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.summary import make_summary, write_summary
 
@@ -613,28 +614,18 @@ class Trainer:
             self.recent_success.extend(success.double().tolist())
         self.counters.episodes += int(done.sum())
 
-    def _learn(self, comps: Components, n_updates: int, stats: dict[str, Any]) -> None:
+    def _learner(self, comps: Components) -> Learner:
+        """The update step (sample -> loss -> Adam -> priorities -> target update), host-sync free."""
         cfg = self.cfg
-        params = [p for group in comps.optimizer.param_groups for p in group["params"]]
-        for _ in range(n_updates):
-            batch = comps.replay.sample().to(cfg.device)
-            losses = comps.loss(batch)  # noise resampled, bf16 autocast inside if asked
-            total = losses.get("loss")
-            comps.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            comps.optimizer.step()
-            comps.replay.update_tensordict_priority(batch)
-            comps.target_updater.step()
-            self.counters.updates += 1
-            stats["loss"].append(float(total.detach()))
-            stats["grad_norm"].append(float(grad_norm))
-            stats["td_error"].append(float(losses.get("td_error_mean")))
-            stats["q_mean"].append(float(losses.get("q_value_mean")))
-            if self.counters.updates % cfg.logging.gate_interval_updates == 0:
-                gate = {k: float(v) for k, v in losses.items() if k.startswith("gate_")}
-                if gate:
-                    stats["gate"] = gate
+        return Learner(
+            comps.loss,
+            comps.optimizer,
+            comps.replay,
+            comps.target_updater,
+            device=cfg.device,
+            grad_clip=cfg.optim.grad_clip,
+            bf16=cfg.optim.bf16,
+        )
 
     def _evaluate(self, comps: Components, *, final: bool = False) -> EvalResult | None:
         """One evaluation, logged; ``None`` if a stop request abandoned it (nothing logged)."""
@@ -688,7 +679,8 @@ class Trainer:
     def _walltime(self) -> float:
         return self._walltime_base + (time.perf_counter() - self._t0)
 
-    def _train_row(self, stats: dict[str, Any], fps: float, eps: float, replay_len: int):
+    def _train_row(self, stats: dict[str, float], fps: float, eps: float, replay_len: int):
+        """A train.csv row; ``stats`` are the learner's means since the last row."""
         mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
         row = {
             "frames": self.counters.frames,
@@ -699,14 +691,14 @@ class Trainer:
             "return_recent": mean(self.recent_scores),
             "episode_length_recent": mean(self.recent_lengths),
             "success_recent": mean(self.recent_success) if self.recent_success else None,
-            "loss": mean(stats["loss"]),
-            "td_error": mean(stats["td_error"]),
-            "q_mean": mean(stats["q_mean"]),
-            "grad_norm": mean(stats["grad_norm"]),
+            "loss": stats.get("loss", math.nan),
+            "td_error": stats.get("td_error", math.nan),
+            "q_mean": stats.get("q_mean", math.nan),
+            "grad_norm": stats.get("grad_norm", math.nan),
             "eps": eps,
             "replay_size": replay_len,
         }
-        row.update(stats.get("gate") or {})
+        row.update({k: v for k, v in stats.items() if k.startswith("gate_")})
         return row
 
     # ------------------------------------------------------------------ main
@@ -966,7 +958,7 @@ class Trainer:
         c = self.counters
         sch = self.schedule
         num_envs = cfg.env.num_envs
-        stats: dict[str, Any] = collections.defaultdict(list)
+        learner = self._learner(comps)
         last_log_t, last_log_frames = time.perf_counter(), c.frames
         from torchrl_rise.modules import resample_noise
 
@@ -994,7 +986,8 @@ class Trainer:
                     n_updates = int(sch.update_credit)
                     sch.update_credit -= n_updates
                     if n_updates:
-                        self._learn(comps, n_updates, stats)  # resamples the noise, too
+                        learner.update(n_updates)  # resamples the noise, too
+                        c.updates += n_updates
                         collector.update_policy_weights_()
                 else:
                     resample_noise(comps.net)  # fresh acting noise while the buffer fills
@@ -1014,12 +1007,8 @@ class Trainer:
                 if c.frames >= sch.next_log or c.frames >= cfg.total_frames or self.stopping:
                     fps = (c.frames - last_log_frames) / max(now - last_log_t, 1e-9)
                     self.logs.log_train(
-                        self._train_row(stats, fps, float(explore.eps), len(comps.replay))
+                        self._train_row(learner.stats(), fps, float(explore.eps), len(comps.replay))
                     )
-                    gate = stats.get("gate")
-                    stats = collections.defaultdict(list)
-                    if gate:
-                        stats["gate"] = gate
                     last_log_t, last_log_frames = now, c.frames
                     sch.next_log = _next_multiple(c.frames, cfg.logging.interval_frames)
                 done = c.frames >= cfg.total_frames

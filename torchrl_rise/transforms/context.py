@@ -55,7 +55,8 @@ class RiseContextTransform(Transform):
         mask_key: key of the window's validity mask.
         embedding_dtype: dtype of the stored embedding and window (a floating dtype).
         encoder_device: run the encoder there instead of on the data's device (e.g. a GPU encoder
-            for CPU envs); embeddings come back to the data's device.
+            for CPU envs): each step only the newest uint8 frame of every env goes there, in one
+            batch, and only the ``embedding_dtype`` embeddings come back to the data's device.
         reset_key: the partial-reset key; defaults to the parent env's only reset key.
 
     Example:
@@ -121,6 +122,17 @@ class RiseContextTransform(Transform):
         self.mask_key = unravel_key(mask_key)
         self.embedding_dtype = embedding_dtype
         self.encoder_device = torch.device(encoder_device) if encoder_device is not None else None
+        if (
+            self.encoder_device is not None
+            and not getattr(encoder, "follows_data_device", True)
+            and encoder.device.type != self.encoder_device.type
+        ):
+            raise ValueError(
+                f"encoder_device={str(self.encoder_device)!r}, but the {encoder.name!r} encoder "
+                f"stays on {encoder.device} (it does not move: an int8 encoder runs on CPU only, "
+                "the online encoder runs where the agent's module is). Leave encoder_device "
+                "unset, or build an encoder that can move (e.g. precision='fp32' or 'bf16')."
+            )
         self._reset_key = unravel_key(reset_key) if reset_key is not None else None
         # per-env state (plain attributes: not saved in state dicts, created at reset)
         self._last: torch.Tensor | None = None
@@ -161,7 +173,9 @@ class RiseContextTransform(Transform):
         target = self.encoder_device if self.encoder_device is not None else pixels.device
         if getattr(self.encoder, "follows_data_device", True) and self.encoder.device != target:
             self.encoder.to(target)
-        return self.encoder(pixels).to(self.embedding_dtype)
+        # one batched call for every env: the newest uint8 frame goes to the encoder's device,
+        # the embedding is cast to embedding_dtype there and only it comes back
+        return self.encoder(pixels, out_dtype=self.embedding_dtype)
 
     def _get_pixels(self, tensordict: TensorDictBase) -> torch.Tensor | None:
         pixels = tensordict.get(self.in_keys[0], None)

@@ -1,7 +1,7 @@
 """Hydra presets of the recipes (``preset=quickstart|debug|tiny``), found through ``hydra.searchpath``.
 
 They live in the package rather than in ``recipes/config/`` so that the ``preset`` config group
-is visible only to the training recipes (``recipes/config/base.yaml`` adds
+is visible only to the training recipes (each ``recipes/config/<suite>.yaml`` adds
 ``pkg://torchrl_rise.training.presets`` to hydra's search path), not to other configs there.
 """
 
@@ -15,7 +15,7 @@ SEARCH_PATH = "pkg://torchrl_rise.training.presets"
 def register_presets() -> None:
     """Make hydra see the presets before it reads a primary config (so ``--help`` lists them).
 
-    ``hydra.searchpath`` in ``base.yaml`` is enough to compose ``preset=...``, but hydra builds the
+    ``hydra.searchpath`` in the suite YAML is enough to compose ``preset=...``, but hydra builds the
     ``--help`` page's "Configuration groups" from its initial search path only; a search-path
     plugin adds the presets there. The recipes call this before ``@hydra.main`` runs.
     """
