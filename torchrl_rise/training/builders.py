@@ -357,6 +357,10 @@ def build_replay(cfg: TrainConfig, *, env_info, embedding_dim: int | None, scrat
 
     rp = cfg.replay
     kwargs: dict[str, Any] = dict(rp.kwargs)
+    # The learner consumes each batch before the next sample: two reused output buffers (no 56 MB
+    # allocation per update), pinned when a GPU learner copies them asynchronously.
+    kwargs.setdefault("reuse_output", True)
+    kwargs.setdefault("pin_memory", torch.device(cfg.device).type == "cuda")
     cls = RiseReplayBuffer
     batch_size = rp.batch_size
     if cfg.uses_sequences:
