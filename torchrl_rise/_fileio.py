@@ -21,6 +21,7 @@ __all__ = [
     "CHECKSUM",
     "CheckpointCorruptError",
     "Checksum",
+    "check_file_size",
     "describe_file",
     "fsync_dir",
     "is_disk_full",
@@ -151,15 +152,7 @@ def verify_files(
     """
     root = Path(root)
     for name, want in entries.items():
-        path = root / name
-        if not path.is_file():
-            raise CheckpointCorruptError(f"{what} file {path} is missing.")
-        size = path.stat().st_size
-        if size != want["size"]:
-            raise CheckpointCorruptError(
-                f"{what} file {path} has {size} bytes, its metadata says {want['size']}: the file "
-                "is truncated or was overwritten."
-            )
+        check_file_size(root / name, want, what=what)
     for name, want in entries.items():
         path = root / name
         got = describe_file(path)[CHECKSUM]
@@ -168,6 +161,19 @@ def verify_files(
                 f"{what} file {path} is damaged: its {CHECKSUM} is {got}, its metadata says "
                 f"{want[CHECKSUM]}."
             )
+
+
+def check_file_size(path: str | Path, want: Mapping[str, Any], *, what: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointCorruptError` unless ``path`` is a file of ``want["size"]`` bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointCorruptError(f"{what} file {path} is missing.")
+    size = path.stat().st_size
+    if size != want["size"]:
+        raise CheckpointCorruptError(
+            f"{what} file {path} has {size} bytes, its metadata says {want['size']}: the file "
+            "is truncated or was overwritten."
+        )
 
 
 def is_disk_full(err: BaseException) -> bool:

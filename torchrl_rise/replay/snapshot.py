@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from torchrl_rise._fileio import CHECKSUM, CheckpointCorruptError, Checksum, write_atomic
+from torchrl_rise._fileio import (
+    CHECKSUM,
+    CheckpointCorruptError,
+    Checksum,
+    check_file_size,
+    write_atomic,
+)
 
 __all__ = ["DEFAULT_CHUNK_RECORDS", "MANIFEST", "prune_chunk_store"]
 
@@ -146,14 +152,7 @@ def read_verified(path: Path, want: Mapping[str, Any]) -> bytes:
 
 def check_size(path: Path, want: Mapping[str, Any]) -> None:
     """Raise :class:`CheckpointCorruptError` unless ``path`` is a file of ``want["size"]`` bytes."""
-    if not path.is_file():
-        raise CheckpointCorruptError(f"replay snapshot file {path} is missing.")
-    size = path.stat().st_size
-    if size != want["size"]:
-        raise CheckpointCorruptError(
-            f"replay snapshot file {path} has {size} bytes, the manifest says {want['size']}: the "
-            "file is truncated or was overwritten."
-        )
+    check_file_size(path, want, what="replay snapshot")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
