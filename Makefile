@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # ray: tests/test_ray_collector.py runs a local cluster (plain `ray`: ~8 s to install, ~250 MB).
-TEST_EXTRAS := dev,vizdoom,miniworld,procgen,cluster,ray
+TEST_EXTRAS := dev,vizdoom,miniworld,procgen,memorygym,cluster,ray
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install install-dev quickstart test lint bench gpu-wheels gpu-check

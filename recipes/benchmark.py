@@ -39,12 +39,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationKeyError
+# The recipes beside this script are named like simulator packages (procgen, vizdoom, miniworld)
+# that TorchRL probes for at import: drop this folder from the import path so it finds the packages.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from torchrl_rise._optional import import_optional
-from torchrl_rise.evaluation.report import (
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import InterpolationKeyError  # noqa: E402
+
+from torchrl_rise._optional import import_optional  # noqa: E402
+from torchrl_rise.evaluation.report import (  # noqa: E402
     CELL_FILE,
     build_report,
     is_run_complete,

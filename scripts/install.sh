@@ -6,6 +6,8 @@
 # Idempotent: re-running with the same pyproject.toml and extras does nothing. The `procgen` extra
 # also installs procgen-mirror, gym3 and gym with --no-deps, because their metadata pins numpy<2 and
 # gym3's pins (cffi<2, glfw<2, ...) conflict with the rest of the stack although they run fine on it.
+# The `memorygym` extra installs memory-gym with --no-deps likewise: it pins gymnasium==0.29 and
+# pygame==2.4, and runs on gymnasium 1.x and pygame 2.6 (tests/test_envs_memorygym.py).
 set -euo pipefail
 
 extras="${1:-}"
@@ -29,5 +31,8 @@ echo "installing torchrl_rise${extras:+ with extras [$extras]} into $venv (first
 "${pip[@]}" -e "$spec"
 case ",$extras," in
   *,procgen,*) "${pip[@]}" --no-deps "procgen-mirror==0.10.7" "gym3==0.3.3" "gym==0.26.2" ;;
+esac
+case ",$extras," in
+  *,memorygym,*) "${pip[@]}" --no-deps "memory-gym==1.0.2" ;;
 esac
 echo "$want" > "$stamp"

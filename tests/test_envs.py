@@ -100,6 +100,7 @@ def test_make_env_errors():
         ("vizdoom", "vizdoom", "vizdoom"),
         ("procgen", "procgen", "procgen"),
         ("miniworld", "miniworld", "miniworld"),
+        ("memorygym", "memory_gym", "memorygym"),
     ],
 )
 def test_missing_optional_suite_names_the_extra(monkeypatch, suite, module, extra):
@@ -322,6 +323,104 @@ class TestMiniworld:
         env = make_env("miniworld", "MiniWorld-Hallway-v0", num_envs=2, backend="parallel")
         check_env_specs(env)
         env.close()
+
+
+# ---------------------------------------------------------------------------------- memorygym
+ONE_COMMAND = {
+    "command_count": [1],
+    "command_show_duration": [1],
+    "command_show_delay": [6],
+    "arena_size": 3,
+    "allowed_commands": 4,
+    "reward_command_success": 1.0,
+}
+
+
+@pytest.mark.memorygym
+class TestMemoryGym:
+    @pytest.fixture(autouse=True)
+    def _needs_memory_gym(self):
+        pytest.importorskip("memory_gym")
+
+    @pytest.mark.parametrize("num_envs", [1, 2])
+    def test_specs(self, num_envs):
+        env = make_env("memorygym", "MortarMayhem-Grid-v0", num_envs=num_envs)
+        check_env_specs(env)
+        info = describe_env(env)
+        assert info.pixels_shape == (12, 84, 84) and info.num_actions == 4
+        assert info.frame_skip == 1
+        env.close()
+
+    def test_ids(self):
+        ids = list_env_ids("memorygym")
+        assert {"MortarMayhem-Grid-v0", "MysteryPath-Grid-v0"} <= set(ids)
+        assert all("Grid" in i for i in ids)  # the discrete-action variants only
+
+    def test_envs_of_one_process_do_not_share_a_screen(self):
+        """Envs of one process step in turn as each alone would, also after one was closed."""
+        import gymnasium
+
+        from torchrl_rise.envs.memorygym import MemoryGymScreen
+
+        def make():
+            return MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), ONE_COMMAND)
+
+        rng = np.random.default_rng(0)
+        actions = rng.integers(0, 4, size=(2, 40))
+
+        def run(env, seed, acts):
+            frames = [env.reset(seed=seed)[0]]
+            for a in acts:
+                obs, _, terminated, truncated, _ = env.step(a)
+                frames.append(obs)
+                if terminated or truncated:
+                    frames.append(env.reset()[0])
+            return frames
+
+        alone = []
+        for seed in (0, 1):
+            env = make()
+            alone.append(run(env, seed, actions[seed]))
+            env.close()  # leaves pygame working for the next env
+        first, second, third = make(), make(), make()
+        third.close()  # Memory Gym's own close() quits pygame for every env of the process
+        together = [[first.reset(seed=0)[0]], [second.reset(seed=1)[0]]]
+        for t in range(40):  # interleaved: the other env draws between two steps of one
+            for i, env in enumerate((first, second)):
+                obs, _, terminated, truncated, _ = env.step(actions[i, t])
+                together[i].append(obs)
+                if terminated or truncated:
+                    together[i].append(env.reset()[0])
+        for i in range(2):
+            assert len(together[i]) == len(alone[i])
+            assert all(np.array_equal(x, y) for x, y in zip(together[i], alone[i], strict=True))
+        assert not np.array_equal(together[0][0], together[1][0])  # different seeds differ
+        assert together[0][0].shape == (84, 84, 3) and together[0][0].dtype == np.uint8
+
+    def test_reset_params_and_boundaries(self):
+        env = make_env(
+            "memorygym",
+            "MortarMayhem-Grid-v0",
+            num_envs=2,
+            frame_size=42,
+            grayscale=True,
+            reset_params=ONE_COMMAND,
+        )
+        steps = _roll(env, 60)
+        _check_boundaries(steps, channels=1)
+        done = steps["next", "done"].squeeze(-1)
+        # one command: every episode ends by the first check, within 1 + 6 + 6 + 1 steps
+        assert steps["next", EPISODE_LENGTH][done].max() <= 14
+        assert set(steps["next", EPISODE_SCORE][done].unique().tolist()) <= {0.0, 1.0}
+        env.close()
+
+    def test_bad_input(self):
+        with pytest.raises(ValueError, match="Unknown Memory Gym env id"):
+            make_env("memorygym", "MortarMayhem-v9")
+        with pytest.raises(TypeError, match="reset_params must be a dict"):
+            make_env("memorygym", "MortarMayhem-Grid-v0", reset_params=[1])
+        with pytest.raises(TypeError, match="unknown option"):
+            make_env("memorygym", "MortarMayhem-Grid-v0", command_count=1)
 
 
 @pytest.mark.atari

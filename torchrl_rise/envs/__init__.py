@@ -44,6 +44,7 @@ SUITES: dict[str, str] = {
     "vizdoom": "torchrl_rise.envs.vizdoom",
     "procgen": "torchrl_rise.envs.procgen",
     "miniworld": "torchrl_rise.envs.miniworld",
+    "memorygym": "torchrl_rise.envs.memorygym",
     "memory": "torchrl_rise.envs.memory",
 }
 """Suite name -> module with ``build(env_id, **options)`` and ``list_env_ids()``."""
@@ -87,7 +88,8 @@ def make_env(
     """Build a batched TorchRL env for ``suite``/``env_id`` with the suite's defaults.
 
     Args:
-        suite: ``"atari"``, ``"vizdoom"``, ``"procgen"``, ``"miniworld"`` or ``"memory"``.
+        suite: ``"atari"``, ``"vizdoom"``, ``"procgen"``, ``"miniworld"``, ``"memorygym"``
+            or ``"memory"``.
         env_id: the game/scenario/level id in that suite: Atari ``"pong"``/``"Pong"``/
             ``"ALE/Pong-v5"``; ViZDoom ``"VizdoomBasic-v1"``; Procgen ``"coinrun"``; MiniWorld
             ``"MiniWorld-Hallway-v0"``; memory ``"cue-L20"`` or ``"cue-L20-N4"``.

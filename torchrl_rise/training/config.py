@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 METHODS = ("rise", "btr", "recurrent")
-SUITES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
+SUITES = ("atari", "vizdoom", "procgen", "miniworld", "memorygym", "memory")
 BACKENDS = ("direct", "multi_sync", "ray")
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
 
@@ -59,7 +59,8 @@ class EnvConfig:
     """Which environment to train on and how its observations are prepared.
 
     Attributes:
-        suite: one of ``atari``, ``vizdoom``, ``procgen``, ``miniworld``, ``memory``.
+        suite: one of ``atari``, ``vizdoom``, ``procgen``, ``miniworld``, ``memorygym``,
+            ``memory``.
         env_id: the suite's id (e.g. ``"Pong"`` / ``"ALE/Pong-v5"`` for Atari).
         num_envs: environments stepped together (one vector step = ``num_envs`` frames).
         frame_stack: frames stacked into the policy observation (``None``: the suite's default).

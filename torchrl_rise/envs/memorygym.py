@@ -1,0 +1,227 @@
+"""Memory Gym's grid tasks (``memory_gym`` ids, e.g. ``"MortarMayhem-Grid-v0"``) as batched envs.
+
+`Memory Gym <https://github.com/MarcoMeter/drl-memory-gym>`_ (Pleines et al., ICLR 2023) is a
+third-party benchmark of 2D pixel tasks built to need memory. Its grid variants have discrete actions
+(0 no-op, 1 turn left, 2 turn right, 3 forward) and render RGB 84x84. In Mortar Mayhem Grid the agent
+is shown a sequence of commands ("move to the tile to the right", ...) while it cannot move, then has
+to execute them from memory: at each check it must stand on the commanded tile, otherwise the episode
+ends.
+
+Defaults (docs/envs.md): the native 84x84 RGB frame (``frame_size`` resizes by area), stack 4, one
+simulator step per action, Memory Gym's own episode end. ``reset_params`` (a dict, Memory Gym's
+"reset parameters", e.g. ``{"command_count": [1], "command_show_delay": [6]}``) is passed to every
+reset; unset parameters keep Memory Gym's defaults (10 commands for Mortar Mayhem).
+
+Memory Gym draws each frame on pygame's one display surface per process and calls ``pygame.quit()``
+when any env closes, which breaks every other env of the process ("display Surface quit"; e.g. the
+trainer's evaluation envs when a probe env closes). :class:`MemoryGymScreen` gives each env its own
+off-screen surface and leaves pygame running on close, so several envs can live in one process (the
+``"serial"`` backend, the default: no worker processes); the test suite checks that envs stepped in
+turn in one process, one of them closed midway, see what each alone would.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+from torchrl_rise import keys
+from torchrl_rise._optional import import_optional
+from torchrl_rise.envs.common import (
+    EnvInfo,
+    PixelPreprocess,
+    attach_info,
+    batch_envs,
+    check_positive,
+    finish_env,
+    reject_unknown,
+    resolve_options,
+)
+
+__all__ = ["MemoryGymScreen", "build", "list_env_ids"]
+
+_OPTIONS = ("reset_params",)
+
+
+def _memory_gym():
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # no ALSA errors at pygame.init()
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import_optional("pygame", extra="memorygym", purpose="The Memory Gym suite")
+    return import_optional("memory_gym", extra="memorygym", purpose="The Memory Gym suite")
+
+
+def list_env_ids() -> list[str]:
+    """Registered Memory Gym ids with discrete actions (the grid variants)."""
+    _memory_gym()
+    return sorted(
+        k
+        for k, spec in gymnasium.registry.items()
+        if str(spec.entry_point).startswith("memory_gym.") and "Grid" in k
+    )
+
+
+class MemoryGymScreen(gymnasium.Wrapper):
+    """One Memory Gym env with its own off-screen surface; ``reset_params`` on every reset.
+
+    Observations are ``[H, W, 3]`` uint8 in the usual row-major layout (Memory Gym returns pygame's
+    ``[W, H, 3]``).
+
+    Example:
+        >>> import gymnasium, memory_gym  # doctest: +SKIP
+        >>> env = MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), {"command_count": [1]})
+        >>> env.reset(seed=0)[0].shape  # doctest: +SKIP
+        (84, 84, 3)
+    """
+
+    def __init__(self, env: gymnasium.Env, reset_params: dict[str, Any] | None = None) -> None:
+        super().__init__(env)
+        import pygame
+
+        self._pygame = pygame
+        game = env.unwrapped
+        if not hasattr(game, "_draw_surfaces") or not hasattr(game, "screen_dim"):
+            raise TypeError(
+                f"{type(game).__name__} does not draw through `_draw_surfaces` onto a "
+                "`screen_dim` square: this wrapper supports memory-gym 1.0 (the `memorygym` extra "
+                "pins it)."
+            )
+        side = int(game.screen_dim)
+        self._screen = pygame.Surface((side, side))
+        game.screen = self._screen
+        game._draw_surfaces = self._draw
+        self.reset_params = dict(reset_params or {})
+        self.observation_space = gymnasium.spaces.Box(0, 255, (side, side, 3), np.uint8)
+
+    def _draw(self, surfaces) -> None:
+        for surface, where in surfaces:
+            if surface is not None:
+                self._screen.blit(surface, where)
+
+    def _frame(self) -> np.ndarray:
+        return np.ascontiguousarray(self._pygame.surfarray.array3d(self._screen).transpose(1, 0, 2))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        params = {**self.reset_params, **(options or {})}
+        _, info = self.env.reset(seed=seed, options=params or None)
+        return self._frame(), info
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = self.env.step(int(action))
+        return self._frame(), float(reward), bool(terminated), bool(truncated), info
+
+    def close(self) -> None:
+        """Drops the env; pygame stays initialised for the other envs of this process."""
+
+
+def _single_env(
+    env_id: str,
+    *,
+    reset_params: dict[str, Any],
+    frame_size: tuple[int, int],
+    grayscale: bool,
+):
+    """One Memory Gym env as a TorchRL env emitting ``"pixels"`` (module level: picklable)."""
+    from torchrl.envs import GymWrapper, TransformedEnv
+
+    _memory_gym()
+    env = MemoryGymScreen(gymnasium.make(env_id), reset_params)
+    torch_env = GymWrapper(env, categorical_action_encoding=True)
+    return TransformedEnv(
+        torch_env,
+        PixelPreprocess(
+            in_key=keys.PIXELS, channels_last=True, grayscale=grayscale, size=frame_size
+        ),
+    )
+
+
+def build(
+    env_id: str,
+    *,
+    num_envs: int,
+    seed: int,
+    device: torch.device,
+    frame_stack: int | None,
+    frame_size,
+    grayscale: bool | None,
+    clip_rewards: bool,
+    eval_mode: bool,
+    max_episode_frames: int | None,
+    backend: str | None,
+    **kwargs,
+):
+    """``make_env("memorygym", env_id, ...)``; see the module docstring for the defaults.
+
+    Suite option: ``reset_params`` (Memory Gym's reset parameters, applied at every reset).
+    ``eval_mode`` changes nothing (the tasks are procedurally generated per episode). Backends:
+    ``"serial"`` (default) or ``"parallel"``.
+    """
+    reject_unknown("memorygym", kwargs, _OPTIONS)
+    _memory_gym()
+    opts = resolve_options(
+        "memorygym",
+        num_envs=num_envs,
+        frame_stack=frame_stack,
+        frame_size=frame_size,
+        grayscale=grayscale,
+        backend=backend,
+        default_frame_stack=4,
+        default_frame_size=(84, 84),
+        default_grayscale=False,
+        backends=("serial", "parallel"),
+    )
+    valid = list_env_ids()
+    if env_id not in valid:
+        raise ValueError(f"Unknown Memory Gym env id {env_id!r}. Valid ids: {', '.join(valid)}.")
+    reset_params = kwargs.get("reset_params") or {}
+    if not isinstance(reset_params, dict):
+        raise TypeError(
+            f"reset_params must be a dict of Memory Gym reset parameters, got {reset_params!r}; "
+            "e.g. {'command_count': [1]}."
+        )
+    check_positive("max_episode_frames", max_episode_frames, allow_none=True)
+    make_one = functools.partial(
+        _single_env,
+        env_id,
+        reset_params=dict(reset_params),
+        frame_size=opts.frame_size,
+        grayscale=opts.grayscale,
+    )
+    # Build and reset one here first: bad reset parameters fail with Memory Gym's error here.
+    probe = make_one()
+    try:
+        probe.reset()
+    except (KeyError, ValueError, AssertionError, TypeError) as err:
+        raise ValueError(
+            f"Memory Gym rejected reset_params={reset_params!r} for {env_id!r}: {err}"
+        ) from err
+    num_actions = int(probe.action_spec.space.n)
+    probe.close()
+    base = batch_envs(
+        make_one, num_envs=opts.num_envs, backend=opts.backend, device=device, seed=seed
+    )
+    env = finish_env(
+        base,
+        frame_stack=opts.frame_stack,
+        clip_rewards=clip_rewards,
+        max_episode_steps=max_episode_frames,
+    )
+    info = EnvInfo(
+        suite="memorygym",
+        env_id=env_id,
+        num_envs=opts.num_envs,
+        num_actions=num_actions,
+        frame_channels=1 if opts.grayscale else 3,
+        frame_stack=opts.frame_stack,
+        frame_size=opts.frame_size,
+        frame_skip=1,
+        backend=opts.backend,
+        eval_mode=eval_mode,
+        max_episode_steps=max_episode_frames,
+    )
+    return attach_info(env, info)
