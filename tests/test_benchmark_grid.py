@@ -277,3 +277,17 @@ def test_real_memory_recipe_grid(tmp_path):
         out / "runs", tmp_path / "again", reps=100, suite_scores={"memory": "final_success"}
     )
     assert set(rep.aggregates["memory"]) == {"rise", "btr"}
+
+
+def test_the_cpu_results_grid_config(tmp_path):
+    """benchmark_cpu.yaml (docs/results.md): 3 tasks x 3 methods x 2 seeds, each with its preset."""
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base="1.3"):
+        cfg = compose("benchmark_cpu", overrides=[f"output_dir={tmp_path}"])
+    grid = benchmark.build_grid(cfg)
+    assert len(grid) == 18 and grid[0].suite == "memorygym"  # the memory task runs first
+    assert {c.method for c in grid} == {"rise", "btr", "recurrent"}
+    for cell in grid:
+        args = benchmark.cell_command(cfg, cell, cell.run_dir(tmp_path))
+        assert args[1].endswith(f"recipes/{cell.suite}.py")
+        assert f"preset=cpu_{cell.suite}" in args and f"method={cell.method}" in args
+    assert int(cfg.launcher.workers) == 2 and cfg.env_vars.OMP_NUM_THREADS == "1"

@@ -13,7 +13,7 @@ from torchrl_rise.training import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
-RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
+RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memorygym", "memory")
 PRESETS = ROOT / "torchrl_rise" / "training" / "presets" / "preset"
 
 

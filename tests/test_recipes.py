@@ -22,7 +22,7 @@ from torchrl_rise.training.builders import build_assembly, build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
-RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memory")
+RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memorygym", "memory")
 
 # Per-suite additions to preset=tiny that keep a run to seconds.
 # Simulators that are slow to start or step: two envs, one short evaluation episode.
@@ -34,6 +34,7 @@ FAST = {
     "vizdoom": ["env.frame_size=42", "env.max_episode_frames=120", *_SMALL],
     "procgen": ["eval.max_steps=60", "eval.episodes=1"],
     "miniworld": ["env.max_episode_frames=30", "env.kwargs.backend=serial", *_SMALL],
+    "memorygym": ["env.frame_size=42", *_SMALL],
 }
 
 
@@ -219,6 +220,32 @@ def test_miniworld_recipe_end_to_end(tmp_path, method):
     trainer = Trainer(make_cfg("miniworld", tmp_path, f"method={method}"))
     trainer.run()
     check_run(trainer.run_dir, method=method, frames=256)
+
+
+@pytest.mark.memorygym
+@pytest.mark.parametrize("method", ["rise", "recurrent"])
+def test_memorygym_recipe_end_to_end(tmp_path, method):
+    pytest.importorskip("memory_gym")
+    trainer = Trainer(make_cfg("memorygym", tmp_path, f"method={method}"))
+    trainer.run()
+    check_run(trainer.run_dir, method=method, frames=256)
+
+
+CPU_PRESETS = {"vizdoom": "cpu_vizdoom", "miniworld": "cpu_miniworld", "memorygym": "cpu_memorygym"}
+
+
+@pytest.mark.parametrize("recipe", sorted(CPU_PRESETS))
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
+def test_cpu_presets_of_the_results_grid_validate(recipe, method):
+    """docs/results.md's presets: each composes with its recipe and passes validation."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = load_config(
+            compose(
+                config_name=recipe, overrides=[f"preset={CPU_PRESETS[recipe]}", f"method={method}"]
+            )
+        )
+    assert cfg.num_threads == 1 and cfg.total_frames <= 100_000
+    assert cfg.encoder.name == "downsample" and cfg.encoder.weights is None
 
 
 # ------------------------------------------------------------------------------ resume
