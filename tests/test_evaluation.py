@@ -434,12 +434,20 @@ def test_report_aggregates_fake_runs(tmp_path):
     assert memory["rise"]["iqm"].point == pytest.approx(0.97)
     assert memory["btr"]["iqm"].point == pytest.approx(0.5)
 
+    # every suite's tasks pooled: 4 tasks x 3 seeds per method
+    overall = rep.aggregates["all suites"]
+    assert overall["rise"]["mean"].point == pytest.approx((6.06 + 3.0 + 2.91) / 12)
+    assert overall["btr"]["mean"].point == pytest.approx((0.06 + 900 / 380 + 1.5) / 12)
+    assert rep.improvement["all suites"]["rise > btr"].point > 0.9
     assert len(rep.runs) == 24
     pong = rep.runs[(rep.runs.task == "ALE/Pong-v5") & (rep.runs.method == "btr")]
     np.testing.assert_allclose(pong.normalized, [0.0, 0.01, 0.02], atol=1e-9)
 
     text = rep.markdown.read_text()
     for needle in (
+        "## all suites",
+        "(4 tasks)",
+        "| atari/Breakout | rise |",
         "## atari",
         "## memory",
         "## vizdoom",
@@ -452,6 +460,7 @@ def test_report_aggregates_fake_runs(tmp_path):
     ):
         assert needle in text, needle
     assert {p.name for p in rep.figures} >= {
+        "all_suites_aggregate.png",
         "atari_aggregate.png",
         "atari_learning_curves.png",
         "atari_per_game.png",
@@ -462,6 +471,7 @@ def test_report_aggregates_fake_runs(tmp_path):
         assert f"({fig.name})" in text
     saved = json.loads((tmp_path / "report" / "aggregates.json").read_text())
     assert saved["aggregates"]["atari"]["rise"]["iqm"]["point"] == pytest.approx(1.01)
+    assert "all suites" in saved["aggregates"]
     assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 24
 
 
@@ -470,7 +480,7 @@ def test_report_fallback_none_and_bad_options(tmp_path):
     for seed in range(2):
         _write_run(runs, "rise", "vizdoom", "basic", seed, 10.0 + seed)
     rep = build_report(runs, tmp_path / "rep", reps=50, fallback="none")
-    assert "vizdoom" not in rep.aggregates
+    assert "vizdoom" not in rep.aggregates and "all suites" not in rep.aggregates
     assert "No normalisation range for basic" in rep.markdown.read_text()
     with pytest.raises(ValueError, match="score must be one of"):
         build_report(runs, tmp_path / "rep", score="median")

@@ -26,7 +26,12 @@ from torchrl_rise.evaluation.plots import (
     plot_learning_curves,
     plot_task_curves,
 )
-from torchrl_rise.evaluation.results import ReportResults, SuiteResults, compute_results
+from torchrl_rise.evaluation.results import (
+    ALL_SUITES,
+    ReportResults,
+    SuiteResults,
+    compute_results,
+)
 from torchrl_rise.evaluation.runs import (
     CELL_FILE,
     SCORE_KINDS,
@@ -99,6 +104,15 @@ def write_figures(results: ReportResults, out_dir: str | Path) -> dict[str, dict
     out_dir = Path(out_dir)
     metrics = results.settings["metrics"]
     figures: dict[str, dict[str, Path]] = {}
+    if results.overall is not None:
+        figures[ALL_SUITES] = {
+            "aggregate": plot_interval_estimates(
+                results.overall.aggregates,
+                out_dir / "all_suites_aggregate.png",
+                metrics=metrics,
+                title=f"all suites: aggregate normalised score ({len(results.overall.tasks)} tasks)",
+            )
+        }
     for name, s in results.suites.items():
         made = figures.setdefault(name, {})
         if s.aggregates:
@@ -239,6 +253,13 @@ def render_markdown(
     if missing:
         md += [f"**{len(missing)} expected runs did not finish** (left out):", ""]
         md += [f"- {m}" for m in missing] + [""]
+    if results.overall is not None:
+        md += _suite_markdown(
+            results.overall,
+            {k: Path(v) for k, v in (figures or {}).get(ALL_SUITES, {}).items()},
+            settings.get("metrics", []),
+            settings.get("baseline"),
+        )
     for name, suite in results.suites.items():
         md += _suite_markdown(
             suite,

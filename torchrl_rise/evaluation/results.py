@@ -10,6 +10,7 @@ directly, exported, or rendered some other way.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ RUN_COLUMNS = (
     "run_dir",
 )
 """Columns of :attr:`ReportResults.runs` (and of a report's ``runs.csv``)."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,11 +110,16 @@ class ReportResults:
         settings: ``score``, ``suite_scores``, ``metrics``, ``baseline``, ``reps``,
             ``confidence``, ``seed``.
         num_runs: how many runs went in.
+        overall: the aggregates over every suite's normalised tasks together (suite
+            :data:`ALL_SUITES`; tasks, matrices, aggregates, improvement, per-game table and
+            walltime, no curves: budgets differ across suites), when two or more suites have
+            normalised scores and every method ran on each of their tasks; else ``None``.
     """
 
     suites: dict[str, SuiteResults]
     settings: dict[str, Any]
     num_runs: int
+    overall: SuiteResults | None = None
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -121,13 +129,20 @@ class ReportResults:
 
     @property
     def aggregates(self) -> dict[str, dict[str, dict[str, IntervalEstimate]]]:
-        """suite -> method -> metric -> :class:`IntervalEstimate` (suites with aggregates only)."""
-        return {name: s.aggregates for name, s in self.suites.items() if s.aggregates}
+        """suite -> method -> metric -> :class:`IntervalEstimate` (suites with aggregates only;
+        :data:`ALL_SUITES` for :attr:`overall`)."""
+        out = {name: s.aggregates for name, s in self.suites.items() if s.aggregates}
+        if self.overall is not None:
+            out[ALL_SUITES] = self.overall.aggregates
+        return out
 
     @property
     def improvement(self) -> dict[str, dict[str, IntervalEstimate]]:
         """suite -> ``"X > Y"`` -> P(X > Y) (suites with a baseline comparison only)."""
-        return {name: s.improvement for name, s in self.suites.items() if s.improvement}
+        out = {name: s.improvement for name, s in self.suites.items() if s.improvement}
+        if self.overall is not None and self.overall.improvement:
+            out[ALL_SUITES] = self.overall.improvement
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The interval estimates and settings as plain JSON data (a report's ``aggregates.json``)."""
@@ -144,6 +159,69 @@ class ReportResults:
                 for key in ("score", "suite_scores", "reps", "confidence", "seed")
             },
         }
+
+
+ALL_SUITES = "all suites"
+"""The suite name of :attr:`ReportResults.overall`."""
+
+
+def _aggregate_into(
+    out: SuiteResults,
+    *,
+    baseline: str | None,
+    metrics: Sequence[str],
+    bootstrap: Mapping[str, Any],
+) -> None:
+    """Fill ``out``'s matrices, tasks, aggregates and P(improvement) from its normalised runs."""
+    norm_frame = out.runs.dropna(subset=["normalized"])
+    if norm_frame.empty:
+        return
+    out.matrices, out.tasks = score_matrices(norm_frame, value="normalized")
+    out.aggregates = aggregate_scores(out.matrices, metrics=metrics, **bootstrap)
+    if baseline in out.matrices and len(out.matrices) > 1:
+        out.improvement = {
+            f"{m} > {baseline}": probability_of_improvement(
+                out.matrices[m], out.matrices[baseline], **bootstrap
+            )
+            for m in out.matrices
+            if m != baseline
+        }
+
+
+def _overall_results(
+    suites: Mapping[str, SuiteResults],
+    *,
+    baseline: str | None,
+    metrics: Sequence[str],
+    bootstrap: Mapping[str, Any],
+) -> SuiteResults | None:
+    """Every suite's normalised tasks pooled into one aggregate (``None`` if not comparable)."""
+    normalised = [s for s in suites.values() if s.aggregates]
+    if len(normalised) < 2:
+        return None
+    methods = set(normalised[0].methods)
+    if any(set(s.methods) != methods for s in normalised):
+        return None
+    rows = [r for s in normalised for r in s.runs.dropna(subset=["normalized"]).to_dict("records")]
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    frame = frame.assign(task=frame["suite"] + "/" + frame["task"])  # task ids unique per suite
+    ranges = {f"{s.suite}/{env}": ref for s in normalised for env, ref in s.ranges.items()}
+    kinds = sorted({s.score for s in normalised})
+    out = SuiteResults(
+        suite=ALL_SUITES,
+        score=kinds[0] if len(kinds) == 1 else "+".join(kinds),
+        methods=sorted(methods),
+        runs=frame.reset_index(drop=True),
+        ranges={k: v for k, v in ranges.items() if v is not None},
+    )
+    try:
+        _aggregate_into(out, baseline=baseline, metrics=metrics, bootstrap=bootstrap)
+    except ValueError as err:  # e.g. a method with fewer seeds on some task
+        logger.warning("no aggregate over all suites: %s", err)
+        return None
+    out.per_game = per_game_table(out.runs, values=["score", "normalized"])
+    out.walltime = _walltime(out.runs, out.methods, baseline)
+    return out
 
 
 def _resolve_range(
@@ -325,18 +403,8 @@ def _suite_results(
     methods = sorted({r.method for r in suite_runs})
     out = SuiteResults(suite=suite, score=kind, methods=methods, runs=frame, ranges=env_ranges)
 
-    norm_frame = frame.dropna(subset=["normalized"])
-    if not norm_frame.empty:
-        out.matrices, out.tasks = score_matrices(norm_frame, value="normalized")
-        out.aggregates = aggregate_scores(out.matrices, metrics=metrics, **bootstrap)
-        if baseline in out.matrices and len(out.matrices) > 1:
-            out.improvement = {
-                f"{m} > {baseline}": probability_of_improvement(
-                    out.matrices[m], out.matrices[baseline], **bootstrap
-                )
-                for m in out.matrices
-                if m != baseline
-            }
+    _aggregate_into(out, baseline=baseline, metrics=metrics, bootstrap=bootstrap)
+    if out.aggregates:
         out.curves = _suite_curves(
             [
                 r
@@ -434,4 +502,5 @@ def compute_results(
         "baseline": baseline,
         **bootstrap,
     }
-    return ReportResults(suites=suites, settings=settings, num_runs=len(runs))
+    overall = _overall_results(suites, baseline=baseline, metrics=metrics, bootstrap=bootstrap)
+    return ReportResults(suites=suites, settings=settings, num_runs=len(runs), overall=overall)
