@@ -229,8 +229,36 @@ def _execute(
             return 127
 
 
+def _set_aside_failed_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Move a run that failed before its first checkpoint out of the way of the rerun.
+
+    The trainer refuses to start a new run in a directory that holds one (it would mix both runs'
+    logs), and such a run cannot be resumed; it is kept, renamed ``<seed dir>.failed-<n>``, for
+    a post-mortem (collect_runs never reports it: it is not finished).
+    """
+    from torchrl_rise.training.loop import _RUN_MARKERS
+
+    marker = cfg.get("resume_marker")
+    if not run_dir.is_dir() or (marker and (run_dir / marker).exists()):
+        return
+    found = [name for name in _RUN_MARKERS if (run_dir / name).exists()]
+    if not found:
+        return
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.failed-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    logger.warning(
+        "%s holds a run that ended without a checkpoint to resume (%s): moved to %s, rerunning",
+        run_dir,
+        ", ".join(found),
+        aside,
+    )
+
+
 def _prepare(cfg: DictConfig, cell: Cell, output_dir: Path) -> tuple[list[str], Path]:
     run_dir = cell.run_dir(output_dir)
+    _set_aside_failed_run(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CELL_FILE).write_text(json.dumps(asdict(cell), indent=2) + "\n")
     return cell_command(cfg, cell, run_dir), run_dir

@@ -33,7 +33,7 @@ benchmark = _load_benchmark_module()
 
 # A stand-in for recipes/<suite>.py: parses hydra-style key=value overrides, logs its invocation,
 # and writes a plausible summary.json + eval.csv whose score depends on method and seed. A run whose
-# env id is "crash" exits with an error before writing anything.
+# env id is "crash" writes a failed run (train.csv, summary.json) and exits with an error.
 FAKE_RECIPE = textwrap.dedent(
     """
     import csv, json, os, sys
@@ -41,7 +41,10 @@ FAKE_RECIPE = textwrap.dedent(
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     with open(os.environ["FAKE_RECIPE_CALLS"], "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\\n")
-    if args["env.env_id"] == "crash":
+    if args["env.env_id"] == "crash":  # as the trainer does when it fails before a checkpoint
+        run_dir = Path(args["logging.run_dir"])
+        (run_dir / "train.csv").write_text("frames\\n")
+        (run_dir / "summary.json").write_text(json.dumps({"status": "failed"}))
         sys.exit("simulated crash")
     run_dir = Path(args["logging.run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,9 @@ def test_local_grid_runs_reports_and_resumes(tmp_path, fake_recipe):
     assert len(_calls(calls)) == len(grid) + 1
 
 
+LOG = benchmark.LOG_FILE
+
+
 def test_failed_runs_are_reported_and_retried(tmp_path, fake_recipe):
     script, calls = fake_recipe
     cfg = _cfg(tmp_path, script, "suites={memory: [cue-L4, crash]}", "seeds=[0]", "methods=[rise]")
@@ -194,6 +200,13 @@ def test_failed_runs_are_reported_and_retried(tmp_path, fake_recipe):
     assert benchmark.run_grid(cfg) == 1  # the failed run is retried, the finished one is not
     envs = [dict(a.split("=", 1) for a in c)["env.env_id"] for c in _calls(calls)]
     assert envs == ["cue-L4", "crash", "crash"]
+    # each retry starts in a clean directory; the failed run is kept beside it, never reported
+    aside = crashed.with_name("seed0.failed-1")
+    assert (aside / "train.csv").exists() and "simulated crash" in (aside / LOG).read_text()
+    assert (crashed / "train.csv").exists() and (crashed / LOG).read_text().count("# ") == 1
+    assert benchmark.run_grid(cfg) == 1
+    assert crashed.with_name("seed0.failed-2").is_dir()
+    assert "memory/crash/rise/seed0" in (out / "report" / "report.md").read_text()
 
 
 def test_report_only_and_ray_missing(tmp_path, fake_recipe):
