@@ -69,6 +69,7 @@ from torchrl_rise.training.config import (
 from torchrl_rise.training.evaluation import EvalResult, evaluate
 from torchrl_rise.training.learner import Learner
 from torchrl_rise.training.loggers import RunLogger
+from torchrl_rise.training.overlap import OverlappedCollector
 from torchrl_rise.training.summary import make_summary, write_summary
 
 __all__ = [
@@ -963,6 +964,8 @@ class Trainer:
         from torchrl_rise.modules import resample_noise
 
         explore = comps.actor.module[-1]
+        # collector.overlap: the collector runs in a thread one batch ahead (training/overlap.py)
+        overlapped = collector if isinstance(collector, OverlappedCollector) else None
         with _progress(cfg, initial=c.frames) as bar:
             last_bar = time.perf_counter()
             if c.frames >= cfg.total_frames:
@@ -988,10 +991,14 @@ class Trainer:
                     if n_updates:
                         learner.update(n_updates)  # resamples the noise, too
                         c.updates += n_updates
-                        collector.update_policy_weights_()
+                        if overlapped is None:
+                            collector.update_policy_weights_()
                 else:
                     resample_noise(comps.net)  # fresh acting noise while the buffer fills
                 self._consistent = True
+                if overlapped is not None:
+                    # weights, noise and eps all changed: the thread's next batch acts with them
+                    overlapped.update_policy_weights_()
 
                 now = time.perf_counter()
                 bar.update(steps * frame_skip)
@@ -1014,12 +1021,14 @@ class Trainer:
                 done = c.frames >= cfg.total_frames
                 if c.frames >= sch.next_eval and not done and not self.stopping:
                     t_eval = time.perf_counter()
-                    self._evaluate(comps)
+                    with _paused(overlapped):  # the thread's next batch waits, uncounted
+                        self._evaluate(comps)
                     last_log_t += time.perf_counter() - t_eval  # fps counts training time only
                 if c.frames >= sch.next_checkpoint and not done and not self.stopping:
                     c.walltime_s = self._walltime()
                     t_save = time.perf_counter()
-                    self._save(comps)
+                    with _paused(overlapped):
+                        self._save(comps)
                     last_log_t += time.perf_counter() - t_save
                 if done or self.stopping:
                     break
@@ -1034,6 +1043,11 @@ class Trainer:
                     + ". A run only finishes once it collected total_frames; check the "
                     "collector's total_frames and the env workers' logs."
                 )
+
+
+def _paused(overlapped: OverlappedCollector | None):
+    """Hold an overlapped collector's thread at a batch boundary (nothing for a sync one)."""
+    return contextlib.nullcontext() if overlapped is None else overlapped.paused()
 
 
 def _next_multiple(frames: int, interval: int) -> int:
