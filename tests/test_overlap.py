@@ -243,7 +243,7 @@ def test_overlap_config_limits_are_explained(tmp_path, overrides, message):
 
 
 @needs_memory
-@pytest.mark.parametrize("method", ["btr", "rise"])
+@pytest.mark.parametrize("method", ["btr", "rise", "recurrent"])
 def test_overlapped_run_keeps_the_sync_counters_and_replay_ratio(tmp_path, method):
     runs = {}
     for overlap in (False, True):

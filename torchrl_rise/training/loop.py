@@ -12,6 +12,11 @@ collector -> replay -> learner -> target update -> evaluation -> logging -> chec
         every checkpoint.interval_frames, and on SIGINT/SIGTERM: checkpoint
     summary.json
 
+With ``collector.overlap=true`` the collector runs in a thread one batch ahead
+(:mod:`torchrl_rise.training.overlap`); this loop still does everything else, on the same batches
+in the same order, publishes the weights after every batch and pauses the thread around
+evaluations and checkpoints.
+
 What survives what (docs/training.md has the table): a signal only sets a flag, so a stop always
 lands on a step boundary and is checkpointed; an exception writes at most a separate crash
 checkpoint (never ``latest``); a hard kill leaves the previous checkpoint, and the next start
