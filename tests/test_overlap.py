@@ -400,3 +400,112 @@ def test_sigterm_stops_an_overlapped_run_at_a_step_boundary(tmp_path):
     counters = load_checkpoint(run)["state"]["counters"]
     assert counters["frames"] == summary["frames"] == counters["iterations"] * NUM_ENVS
     assert counters["updates"] == _expected_updates(counters["iterations"])
+
+
+# ------------------------------------------------------------------------------ replay.prefetch
+
+
+def _learner_parts(prioritized: bool, seed: int = 0):
+    from torchrl_rise.modules import make_q_network
+    from torchrl_rise.objectives import HardTargetUpdate, IQNLoss
+    from torchrl_rise.replay import RiseReplayBuffer
+    from torchrl_rise.training.learner import build_learner_optimizer
+
+    torch.manual_seed(seed)
+    net = make_q_network(
+        "btr",
+        num_actions=3,
+        in_channels=4,
+        frame_size=(16, 16),
+        width_scale=0.25,
+        mlp_hidden=16,
+        spectral_norm=False,
+    )
+    loss = IQNLoss(net)
+    rb = RiseReplayBuffer(
+        64,
+        1,
+        frame_shape=(1, 16, 16),
+        context_length=0,
+        batch_size=4,
+        prioritized=prioritized,
+        seed=seed,
+    )
+    g = torch.Generator().manual_seed(seed)
+    T = 40
+    rb.extend(
+        TensorDict(
+            {
+                "pixels": torch.randint(0, 255, (T, 4, 16, 16), dtype=torch.uint8, generator=g),
+                "action": torch.randint(0, 3, (T,), generator=g),
+                ("next", "reward"): torch.randn(T, 1, generator=g),
+                ("next", "terminated"): torch.zeros(T, 1, dtype=torch.bool),
+                ("next", "truncated"): torch.zeros(T, 1, dtype=torch.bool),
+            },
+            [T],
+        )
+    )
+    opt = build_learner_optimizer(loss, lr=1e-3, eps=1.95e-5)
+    return loss, opt, rb, HardTargetUpdate(loss, interval=3)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_prefetched_batches_are_drawn_before_the_previous_priorities(prefetch):
+    from torchrl_rise.training.learner import Learner
+
+    loss, opt, rb, updater = _learner_parts(prioritized=True)
+    events = []
+    draw, write = rb._draw, rb.update_tensordict_priority
+    rb._draw = lambda *a: events.append("draw") or draw(*a)
+    rb.update_tensordict_priority = lambda td: events.append("priorities") or write(td)
+    learner = Learner(loss, opt, rb, updater, device="cpu", grad_clip=10.0, prefetch=prefetch)
+    learner.update(3)
+    learner.close()
+    rb.close()
+    if prefetch:  # batch k + 1 drawn when batch k is handed out, before k's priorities
+        assert events == ["draw", "draw", "priorities", "draw", "priorities", "draw", "priorities"]
+    else:
+        assert events == ["draw", "priorities"] * 3
+
+
+def test_prefetch_changes_nothing_with_uniform_sampling():
+    from torchrl_rise.training.learner import Learner
+
+    params = {}
+    for prefetch in (False, True):
+        loss, opt, rb, updater = _learner_parts(prioritized=False)
+        torch.manual_seed(1)  # the noise the updates resample
+        learner = Learner(loss, opt, rb, updater, device="cpu", grad_clip=10.0, prefetch=prefetch)
+        learner.update(5)
+        learner.close()
+        rb.close()
+        params[prefetch] = {k: v.detach().clone() for k, v in loss.named_parameters()}
+    for name, value in params[False].items():
+        torch.testing.assert_close(params[True][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_prefetch_needs_an_async_replay():
+    from torchrl_rise.training.learner import Learner
+
+    loss, opt, rb, updater = _learner_parts(prioritized=False)
+
+    class Plain:
+        def sample(self):
+            return rb.sample()
+
+        def update_tensordict_priority(self, td):
+            pass
+
+    with pytest.raises(TypeError, match="sample_async"):
+        Learner(loss, opt, Plain(), updater, device="cpu", grad_clip=1.0, prefetch=True)
+    rb.close()
+
+
+@needs_memory
+def test_an_overlapped_run_with_replay_prefetch_keeps_its_counters(tmp_path):
+    trainer = Trainer(_cfg(tmp_path / "run", "method=rise", "replay.prefetch=true"))
+    summary = trainer.run()
+    assert summary["status"] == "finished"
+    c = trainer.counters
+    assert (c.frames, c.iterations) == (512, 128) and c.updates == _expected_updates(128)
+    assert not _collector_threads()

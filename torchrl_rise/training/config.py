@@ -152,6 +152,11 @@ class ReplayConfig:
         stratified: one draw per segment of the total priority mass (BTR) or independent draws.
         max_priority_floor: new transitions enter at ``max(floor, largest priority set)`` (BTR: 1;
             0 gives TorchRL's rule).
+        prefetch: gather each update's batch on a worker thread during the previous update
+            (:class:`~torchrl_rise.replay.Prefetcher`). A prefetched batch is drawn before the
+            previous update wrote its priorities and before the newest vector step was stored
+            (both first affect the batch after it), and a resumed run does not redraw the batch
+            that was in flight at the checkpoint. ``false``: each batch is drawn in its update.
     """
 
     capacity: int = 2**20
@@ -163,6 +168,7 @@ class ReplayConfig:
     importance_weights: str = "btr"
     stratified: bool = True
     max_priority_floor: float = 1.0
+    prefetch: bool = False
     scratch_dir: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 

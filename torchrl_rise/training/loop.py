@@ -631,6 +631,7 @@ class Trainer:
             device=cfg.device,
             grad_clip=cfg.optim.grad_clip,
             bf16=cfg.optim.bf16,
+            prefetch=cfg.replay.prefetch,
         )
 
     def _evaluate(self, comps: Components, *, final: bool = False) -> EvalResult | None:
@@ -960,11 +961,17 @@ class Trainer:
             yield batch
 
     def _loop(self, comps: Components, collector, frame_skip: int) -> None:
+        learner = self._learner(comps)
+        try:
+            self._steps(comps, collector, frame_skip, learner)
+        finally:
+            learner.close()  # replay.prefetch: the batch in flight is dropped
+
+    def _steps(self, comps: Components, collector, frame_skip: int, learner: Learner) -> None:
         cfg = self.cfg
         c = self.counters
         sch = self.schedule
         num_envs = cfg.env.num_envs
-        learner = self._learner(comps)
         last_log_t, last_log_frames = time.perf_counter(), c.frames
         from torchrl_rise.modules import resample_noise
 
