@@ -81,7 +81,12 @@ def measure(method: str, *, overlap: bool, collect: int, learn: int, log_every: 
         raise SystemExit(f"interrupted during {method} overlap={overlap}")
     wall = time.perf_counter() - t0
     with open(trainer.run_dir / "train.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["updates"]) > 0]
+        table = list(csv.DictReader(f))
+    rows = [r for r in table if int(r["updates"]) > 0]
+    before = [r for r in table if int(r["updates"]) == 0]  # collection only
+    collect_fps = (int(before[-1]["frames"]) - int(before[0]["frames"])) / (
+        float(before[-1]["walltime_s"]) - float(before[0]["walltime_s"])
+    )
     first, last = rows[0], rows[-1]
     frames = int(last["frames"]) - int(first["frames"])
     seconds = float(last["walltime_s"]) - float(first["walltime_s"])
@@ -91,6 +96,7 @@ def measure(method: str, *, overlap: bool, collect: int, learn: int, log_every: 
         "method": method,
         "overlap": overlap,
         "fps": frames / seconds,
+        "collect_fps": collect_fps,
         "learn_s": seconds,
         "wall_s": wall,
         "wait_share": (w_b - w_a) / (t_b - t_a) if overlapped else None,
@@ -126,6 +132,9 @@ def main() -> None:
         over = [r["fps"] for r in results[(method, True)]]
         ratios = [o / s for s, o in zip(sync, over, strict=True)]  # pairs of the same repeat
         waits = [r["wait_share"] for r in results[(method, True)]]
+        collect = [r["collect_fps"] for r in results[(method, False)]]
+        # if collection and learning shared nothing: 1 / step = 1 / learn, not 1 / learn + 1 / col
+        bound = [1 / (1 - s_ / c_) if s_ < c_ else float("nan") for s_, c_ in zip(sync, collect)]
         rows.append(
             [
                 method,
@@ -133,7 +142,9 @@ def main() -> None:
                 f"{statistics.median(sync):.1f}",
                 f"{statistics.median(over):.1f}",
                 f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
-                f"{statistics.median(waits):.2f}",
+                f"{statistics.median(collect):.0f}",
+                f"{statistics.median(bound):.2f}",
+                f"{statistics.median(waits):.3f}",
             ]
         )
     table = markdown_table(
@@ -143,9 +154,19 @@ def main() -> None:
             "frames/s, sync",
             "frames/s, overlapped",
             "overlapped / sync (min-max)",
+            "frames/s, collection only (sync, before learning)",
+            "ratio if nothing were shared",
             "main thread waiting for the collector (share)",
         ],
         rows,
+    )
+    all_waits = [r["wait_share"] for (_, o), rs in results.items() if o for r in rs]
+    bottleneck = (
+        "The main thread hardly ever waited for a batch (last column): learning is the "
+        "bottleneck, and the overlap hides (part of) the collection."
+        if max(all_waits) < 0.1
+        else "The main thread waited for batches (last column): collection is (partly) the "
+        "bottleneck."
     )
     body = (
         "Pong, `preset=quickstart` (8 envs x frame skip 4, batch 32, one update per vector step, "
@@ -155,7 +176,10 @@ def main() -> None:
         "overlapped, interleaved; the ratio is the median of the per-repeat ratios. The "
         "machine has 2 cores and ran a long benchmark grid in the background the whole time: "
         "the env stepping (ALE's C++ threads, the encoder) and the update compete for the same "
-        "2 cores, so overlap can only fill the gaps where one side waits. On a GPU machine the "
+        '2 cores, so overlap can only fill the gaps where one side waits. "Ratio if nothing '
+        'were shared" is what hiding the whole collection would give: sync step time '
+        f"1/fps = 1/learn + 1/collect, overlapped max(1/learn, 1/collect). {bottleneck} "
+        "On a GPU machine the "
         "update runs on the GPU while the CPU cores step the emulators, and the overlapped "
         "step costs max(collect, update) instead of their sum (docs/gpu.md).\n\n" + table
     )
