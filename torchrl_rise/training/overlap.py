@@ -84,9 +84,10 @@ class OverlappedCollector:
         batches: batches handed to the main thread.
         published: weight publications (:meth:`update_policy_weights_` calls).
         wait_s: seconds the main thread waited for a batch (high: collection is the bottleneck).
-        acting_versions: for each of the last 1024 batches collected, the number of publications its
-            weights contained: batch ``k`` (counted from 1) acts with ``k - 2`` or, if the main
-            thread published before the thread started it, ``k - 1`` (``0`` for batch 1).
+        acting_versions: for each of the last 1024 batches collected, the number of
+            publications its weights contained: batch ``k`` (counted from 1) acts with ``k - 2``
+            or, if the main thread published before the thread started it, ``k - 1`` (``0`` for
+            batch 1).
 
     Example:
         >>> from tensordict import TensorDict
