@@ -509,3 +509,14 @@ def test_an_overlapped_run_with_replay_prefetch_keeps_its_counters(tmp_path):
     c = trainer.counters
     assert (c.frames, c.iterations) == (512, 128) and c.updates == _expected_updates(128)
     assert not _collector_threads()
+
+
+@needs_memory
+def test_overlap_with_a_collector_that_does_not_overlap_is_refused(tmp_path):
+    cfg = _cfg(tmp_path / "run", "method=btr")
+    parts = build_assembly(cfg)
+    real = parts.make_collector
+    parts.make_collector = lambda **kwargs: real(**kwargs).collector  # the bare inner collector
+    with pytest.raises(ConfigError, match="not an OverlappedCollector"):
+        Trainer(cfg, components=parts).run()
+    assert not _collector_threads()

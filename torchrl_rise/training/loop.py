@@ -807,6 +807,13 @@ class Trainer:
                 seed=cfg.seed + 7919 * self.counters.iterations
             )
         collecting.callback(_quietly, collector.shutdown)
+        if cfg.collector.overlap and not isinstance(collector, OverlappedCollector):
+            raise ConfigError(
+                f"collector.overlap=true, but the assembly's make_collector returned a "
+                f"{type(collector).__name__}, not an OverlappedCollector: collection and learning "
+                "would still alternate. Build it with builders.build_collector (it wraps the "
+                "collector when collector.overlap is set), or set collector.overlap=false."
+            )
         # TorchRL's batched envs and collectors set the thread count of this process
         # themselves; the learner's share is ours to choose.
         torch.set_num_threads(self._num_threads)

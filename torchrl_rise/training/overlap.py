@@ -105,8 +105,8 @@ class OverlappedCollector:
         >>> overlapped = OverlappedCollector(Stub(acting), policy=learner, acting_policy=acting)
         >>> for batch in overlapped:  # batch k+1 is collected while the main thread works on k
         ...     with torch.no_grad():
-        ...         learner.weight.add_(1.0)  # an "update"
-        ...     overlapped.update_policy_weights_()  # the thread acts with it from a later batch
+        ...         _ = learner.weight.add_(1.0)  # an "update"
+        ...     _ = overlapped.update_policy_weights_()  # acted with from a later batch
         >>> overlapped.shutdown()
         >>> overlapped.batches, overlapped.published, overlapped.thread_alive
         (3, 3, False)
