@@ -161,7 +161,7 @@ def test_acting_policy_is_at_most_one_batch_staler_than_sync():
     seen = []
     for batch in overlapped:
         seen.append(batch["w"].item())
-        time.sleep(0.001)  # an update's worth of work
+        time.sleep(0.005)  # an update's worth of work
         with torch.no_grad():
             learner.weight.add_(1.0)  # after batch k the learner holds k updates
         overlapped.update_policy_weights_()
@@ -171,6 +171,8 @@ def test_acting_policy_is_at_most_one_batch_staler_than_sync():
     assert seen[0] == 0.0
     for k, w in enumerate(seen[1:], start=2):
         assert k - 2 <= w <= k - 1, (k, w)
+    # batches collected while the main thread was still "updating" on the previous one
+    assert sum(w == k - 2 for k, w in enumerate(seen[1:], start=2)) >= 20
     assert list(overlapped.acting_versions) == seen
     assert not overlapped.thread_alive and not _collector_threads()
 
@@ -192,7 +194,9 @@ def test_shutdown_drops_the_batch_not_taken_and_joins_the_thread():
     overlapped, _, stub = _overlapped(10)
     batches = iter(overlapped)
     next(batches)
-    time.sleep(0.1)  # the thread collects batch 2, which nobody takes
+    deadline = time.monotonic() + 30
+    while stub.started < 2 and time.monotonic() < deadline:  # batch 2, which nobody takes
+        time.sleep(0.01)
     overlapped.shutdown()
     assert overlapped.batches == 1 and stub.started == 2 and stub.shut
     assert not overlapped.thread_alive
@@ -246,15 +250,20 @@ def test_overlap_config_limits_are_explained(tmp_path, overrides, message):
 @pytest.mark.parametrize("method", ["btr", "rise", "recurrent"])
 def test_overlapped_run_keeps_the_sync_counters_and_replay_ratio(tmp_path, method):
     runs = {}
-    for overlap in (False, True):
+    # the sync loop is run beside it for btr; the others are checked against the same formula
+    for overlap in (False, True) if method == "btr" else (True,):
         cfg = _cfg(tmp_path / f"run-{overlap}", f"method={method}", overlap=overlap)
         trainer, built = _trainer_capturing(cfg)
         summary = trainer.run()
         assert summary["status"] == "finished"
         runs[overlap] = (trainer, built[0])
-    sync, (over, collector) = runs[False][0], runs[True]
-    for key in ("frames", "env_steps", "iterations", "updates"):
-        assert getattr(over.counters, key) == getattr(sync.counters, key), key
+    over, collector = runs[True]
+    if False in runs:
+        sync = runs[False][0]
+        assert not isinstance(runs[False][1], OverlappedCollector)
+        for key in ("frames", "env_steps", "iterations", "updates"):
+            assert getattr(over.counters, key) == getattr(sync.counters, key), key
+        assert sync.counters.updates == _expected_updates(sync.counters.iterations)
     c = over.counters
     assert c.frames == 512 and c.iterations == 512 // NUM_ENVS
     assert c.updates == _expected_updates(c.iterations)  # the replay ratio, exactly
@@ -520,3 +529,62 @@ def test_overlap_with_a_collector_that_does_not_overlap_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not an OverlappedCollector"):
         Trainer(cfg, components=parts).run()
     assert not _collector_threads()
+
+
+class _Slow:
+    """Wraps the overlapped collector's inner collector: each batch takes ``delay`` seconds more."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def __iter__(self):
+        for batch in self.inner:
+            time.sleep(self.delay)
+            yield batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@needs_memory
+def test_evaluations_and_checkpoints_run_with_the_thread_held(tmp_path, monkeypatch):
+    from torchrl_rise.training import loop
+
+    cfg = _cfg(
+        tmp_path / "run",
+        "method=btr",
+        "total_frames=256",
+        "eval.interval_frames=64",
+        "checkpoint.interval_frames=64",
+    )
+    parts = build_assembly(cfg)
+    built = []
+    real_make = parts.make_collector
+
+    def make_collector(**kwargs):
+        built.append(real_make(**kwargs))
+        # slower collection than the main thread's step: a batch is in flight at each boundary
+        built[-1].collector = _Slow(built[-1].collector, 0.03)
+        return built[-1]
+
+    parts.make_collector = make_collector
+    trainer = Trainer(cfg, components=parts)
+    seen = []
+
+    def watching(real):
+        def call(*args, **kwargs):
+            collector = built[0]
+            busy, collected = collector._busy, len(collector.acting_versions)
+            out = real(*args, **kwargs)
+            # no batch in flight at the start, none collected meanwhile (the final evaluation
+            # and checkpoint run after the thread is gone)
+            seen.append((busy, len(collector.acting_versions) - collected))
+            return out
+
+        return call
+
+    monkeypatch.setattr(loop, "evaluate", watching(loop.evaluate))
+    monkeypatch.setattr(trainer, "_save", watching(trainer._save))
+    assert trainer.run()["status"] == "finished"
+    # 3 periodic evaluations and checkpoints (at 64, 128, 192 frames) + the final ones
+    assert len(seen) == 8 and seen == [(False, 0)] * 8
