@@ -84,9 +84,11 @@ def measure(method: str, *, overlap: bool, collect: int, learn: int, log_every: 
         table = list(csv.DictReader(f))
     rows = [r for r in table if int(r["updates"]) > 0]
     before = [r for r in table if int(r["updates"]) == 0]  # collection only
-    collect_fps = (int(before[-1]["frames"]) - int(before[0]["frames"])) / (
-        float(before[-1]["walltime_s"]) - float(before[0]["walltime_s"])
-    )
+    collect_fps = float("nan")  # needs two rows before learning starts
+    if len(before) >= 2:
+        collect_fps = (int(before[-1]["frames"]) - int(before[0]["frames"])) / (
+            float(before[-1]["walltime_s"]) - float(before[0]["walltime_s"])
+        )
     first, last = rows[0], rows[-1]
     frames = int(last["frames"]) - int(first["frames"])
     seconds = float(last["walltime_s"]) - float(first["walltime_s"])
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="btr, 1 repeat, a few steps")
     args = parser.parse_args()
     if args.quick:
-        args.methods, args.repeats, args.collect, args.learn = "btr", 1, 20, 10
+        args.methods, args.repeats, args.collect, args.learn, args.log_every = "btr", 1, 30, 10, 5
     results: dict[tuple[str, bool], list[dict]] = {}
     for method in args.methods.split(","):
         for _ in range(args.repeats):
