@@ -8,7 +8,8 @@ Each benchmark runs in its own process, one after the other (never in parallel: 
 other down), and rewrites only its own section of docs/benchmarks.md, stamped with the command and the
 machine. RISE vs BTR vs the recurrent baseline appear as ratios measured in the same run:
 "learner" (time per gradient update, sampling excluded and included), "training" (collection +
-learning per vector step, per recipe), "encoders" (frozen-encoder throughput and the collector slowdown
+learning per vector step, per recipe), "training_overlap" (frames/s of Pong runs with
+``collector.overlap`` off and on), "encoders" (frozen-encoder throughput and the collector slowdown
 of RiseContextTransform), "replay" (footprint and sampling), "checkpoint" (replay dumps and loads),
 "per" (the PER draw: BTR's rules vs TorchRL's), "sequence_replay" (the recurrent baseline's
 sequence batches vs RISE's transitions), "envs" (steps/s per suite) and "collectors" (direct vs
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "per": ["bench_per.py"],
     "encoders": ["bench_encoders.py"],
     "training": ["bench_training.py", "--collect", "5", "--learn", "5"],
+    "training_overlap": ["bench_overlap.py"],
     "envs": ["bench_envs.py"],
     "collectors": ["bench_collectors.py"],
 }

@@ -436,6 +436,10 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
     ``collector.weight_sync_interval``-th request of the loop.
 
     ``T`` is ``collector.steps_per_batch`` (1: one vector step per batch, one update after it).
+
+    ``collector.overlap=true`` (``direct`` only) wraps the collector, built around an
+    :func:`~torchrl_rise.training.collectors.acting_copy` of ``policy`` on ``cfg.device``, in an
+    :class:`~torchrl_rise.training.overlap.OverlappedCollector` that collects in a thread.
     """
     from torchrl_rise.training.collectors import LaneOrderedCollector, acting_copy
 
@@ -454,7 +458,14 @@ def build_collector(cfg: TrainConfig, *, seed: int, encoder: nn.Module | None, p
         from torchrl.collectors import Collector
 
         env_fn = EnvFactory(cfg, num_envs=cfg.env.num_envs, seed=seed, encoder=encoder)
-        return Collector(env_fn, policy, track_traj_ids=False, **common)
+        if not co.overlap:
+            return Collector(env_fn, policy, track_traj_ids=False, **common)
+        from torchrl_rise.training.overlap import OverlappedCollector
+
+        # The thread acts with its own copy: the learner's module changes under the optimizer.
+        acting = acting_copy(policy, device=cfg.device)
+        inner = Collector(env_fn, acting, track_traj_ids=False, **common)
+        return OverlappedCollector(inner, policy=policy, acting_policy=acting)
     per_worker = cfg.env.num_envs // co.num_workers
     env_fns = [
         EnvFactory(cfg, num_envs=per_worker, seed=seed + i * per_worker)

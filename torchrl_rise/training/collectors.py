@@ -59,11 +59,12 @@ LEARNER_UNUSED_KEYS = (
 logger = logging.getLogger(__name__)
 
 
-def acting_copy(policy: nn.Module) -> nn.Module:
-    """A picklable CPU copy of ``policy`` for collector workers.
+def acting_copy(policy: nn.Module, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A picklable copy of ``policy`` on ``device`` (CPU: for collector workers).
 
     Parametrizations (spectral norm) are baked into plain weights, and every tensor is made
-    contiguous. Keep it in sync with :class:`WeightMirror` (``LaneOrderedCollector`` does).
+    contiguous. Keep it in sync with :class:`WeightMirror` (``LaneOrderedCollector`` does; the
+    overlapped collector thread acts with such a copy on the learner's device).
 
     Example:
         >>> import pickle
@@ -74,7 +75,7 @@ def acting_copy(policy: nn.Module) -> nn.Module:
         ['0.bias', '0.weight']
         >>> _ = pickle.dumps(copy_)  # pickle.dumps(net) raises
     """
-    remote = copy.deepcopy(policy).to("cpu")
+    remote = copy.deepcopy(policy).to(device)
     with torch.no_grad():
         for module in list(remote.modules()):
             if parametrize.is_parametrized(module):

@@ -153,6 +153,11 @@ class ReplayConfig:
         stratified: one draw per segment of the total priority mass (BTR) or independent draws.
         max_priority_floor: new transitions enter at ``max(floor, largest priority set)`` (BTR: 1;
             0 gives TorchRL's rule).
+        prefetch: gather each update's batch on a worker thread during the previous update
+            (:class:`~torchrl_rise.replay.Prefetcher`). A prefetched batch is drawn before the
+            previous update wrote its priorities and before the newest vector step was stored
+            (both first affect the batch after it), and a resumed run does not redraw the batch
+            that was in flight at the checkpoint. ``false``: each batch is drawn in its update.
     """
 
     capacity: int = 2**20
@@ -164,6 +169,7 @@ class ReplayConfig:
     importance_weights: str = "btr"
     stratified: bool = True
     max_priority_floor: float = 1.0
+    prefetch: bool = False
     scratch_dir: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -228,10 +234,10 @@ class CollectorConfig:
         backend: ``direct`` (``torchrl.collectors.Collector``, one process), ``multi_sync``
             (``MultiSyncCollector``: ``num_workers`` processes on this machine, each stepping
             ``env.num_envs / num_workers`` envs) or ``ray``
-            (``torchrl.collectors.distributed.RayCollector``, across machines). Asynchronous
-            collection is not offered: the replay keeps one lane per env and is written with
-            every env's steps at once. Worker processes are spawned (TorchRL's default start
-            method), which every suite supports (MiniWorld's OpenGL hangs in forked workers).
+            (``torchrl.collectors.distributed.RayCollector``, across machines). Each batch
+            holds every env's steps at once (the replay keeps one lane per env). Worker
+            processes are spawned (TorchRL's default start method), which every suite supports
+            (MiniWorld's OpenGL hangs in forked workers).
         num_workers: worker processes (or Ray actors); must divide ``env.num_envs``.
         steps_per_batch: vector steps per collector batch (one update per vector step is kept).
         weight_sync_interval: ``multi_sync`` and ``ray``: push the learner's weights (network,
@@ -241,6 +247,13 @@ class CollectorConfig:
             updates). Larger values send fewer bytes over the network, and the workers act with
             weights up to N update batches old. ``direct`` acts with the learner's own module,
             so it must stay 1 there.
+        overlap: ``direct`` only: collect in a background thread while the main thread stores
+            the previous batch and runs its updates
+            (:class:`~torchrl_rise.training.overlap.OverlappedCollector`). The thread acts with
+            a copy of the policy that is at most one batch staler than the sync loop's; the
+            replay ratio, counters, checkpoints and resume are exactly the sync loop's for the
+            batches stored, and runs are not bit-reproducible. ``false``: collect, then learn,
+            strictly alternating (reproducible on CPU).
         ray_init: ``ray.init`` keyword arguments (e.g. ``{"address": "auto"}``; empty: the
             cluster named by ``RAY_ADDRESS``, else a new local one).
         ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``; empty: one CPU,
@@ -252,6 +265,7 @@ class CollectorConfig:
     num_workers: int = 1
     steps_per_batch: int = 1
     weight_sync_interval: int = 1
+    overlap: bool = False
     ray_init: dict[str, Any] = field(default_factory=dict)
     ray_remote: dict[str, Any] = field(default_factory=dict)
 
@@ -530,6 +544,19 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"collector.backend=direct runs in one process but collector.num_workers="
             f"{co.num_workers}. Use collector.backend=multi_sync for workers."
+        )
+    if co.overlap and co.backend != "direct":
+        raise ConfigError(
+            f"collector.overlap=true runs the single-process collector in a thread; "
+            f"collector.backend={co.backend!r} is not supported with it yet. Use "
+            "collector.backend=direct (ALE's vector env steps in C++ threads), or "
+            "collector.overlap=false."
+        )
+    if co.overlap and cfg.encoder.name == "online":
+        raise ConfigError(
+            "encoder.name=online embeds with the agent's learning CNN inside the env, which "
+            "collector.overlap=true would run while the optimizer changes it: use a frozen "
+            "encoder, or collector.overlap=false."
         )
     if cfg.env.num_envs % co.num_workers:
         raise ConfigError(

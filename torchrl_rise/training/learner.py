@@ -119,6 +119,12 @@ class Learner:
         priority_key: where the loss writes the priorities (default: the loss's
             ``tensor_keys.priority``, else ``"td_error"``).
         index_key: the replay's slot index in the batch.
+        prefetch: draw each update's batch from a :class:`~torchrl_rise.replay.Prefetcher`
+            (the replay needs ``sample_async``/``output_ring``): batch ``k + 1`` is drawn when
+            batch ``k`` is handed out and gathered on a worker thread during update ``k``. It is
+            drawn before update ``k`` writes its priorities and before the loop stores the next
+            vector step, so those first affect batch ``k + 2`` (Ape-X-style). Call
+            :meth:`close` when done. ``False``: sample in the update, after the previous one.
 
     ``channels_last`` is the network's own default (``make_q_network``); fused Adam on CUDA comes
     from :func:`build_learner_optimizer`.
@@ -163,6 +169,7 @@ class Learner:
         compile: bool = False,
         priority_key: NestedKey | None = None,
         index_key: NestedKey = keys.INDEX,
+        prefetch: bool = False,
     ) -> None:
         if not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {grad_clip}.")
@@ -207,6 +214,16 @@ class Learner:
         self._acc: torch.Tensor | None = None
         self._count = 0
         self.updates = 0
+        self._prefetcher = None
+        if prefetch:
+            if not callable(getattr(replay, "sample_async", None)):
+                raise TypeError(
+                    f"prefetch=True needs a replay with sample_async() and output_ring() "
+                    f"(RiseReplayBuffer); {type(replay).__name__} has none."
+                )
+            from torchrl_rise.replay.prefetch import Prefetcher
+
+            self._prefetcher = Prefetcher(replay)
         self.check_devices()
 
     # ------------------------------------------------------------------ options
@@ -275,8 +292,13 @@ class Learner:
         for _ in range(int(n_updates)):
             self._update_once()
 
+    def close(self) -> None:
+        """Wait for a prefetched batch in flight and drop it (nothing to do without prefetch)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+
     def _update_once(self) -> None:
-        sampled = self.replay.sample()
+        sampled = self._prefetcher.next() if self._prefetcher is not None else self.replay.sample()
         index = sampled.get(self.index_key, None)
         batch = sampled.to(self.device, non_blocking=True)
         self.check_devices(batch)

@@ -12,6 +12,11 @@ collector -> replay -> learner -> target update -> evaluation -> logging -> chec
         every checkpoint.interval_frames, and on SIGINT/SIGTERM: checkpoint
     summary.json
 
+With ``collector.overlap=true`` the collector runs in a thread one batch ahead
+(:mod:`torchrl_rise.training.overlap`); this loop still does everything else, on the same batches
+in the same order, publishes the weights after every batch and pauses the thread around
+evaluations and checkpoints.
+
 What survives what (docs/training.md has the table): a signal only sets a flag, so a stop always
 lands on a step boundary and is checkpointed; an exception writes at most a separate crash
 checkpoint (never ``latest``); a hard kill leaves the previous checkpoint, and the next start
@@ -69,6 +74,7 @@ from torchrl_rise.training.config import (
 from torchrl_rise.training.evaluation import EvalResult, evaluate
 from torchrl_rise.training.learner import Learner
 from torchrl_rise.training.loggers import RunLogger
+from torchrl_rise.training.overlap import OverlappedCollector
 from torchrl_rise.training.summary import make_summary, write_summary
 
 __all__ = [
@@ -625,6 +631,7 @@ class Trainer:
             device=cfg.device,
             grad_clip=cfg.optim.grad_clip,
             bf16=cfg.optim.bf16,
+            prefetch=cfg.replay.prefetch,
         )
 
     def _evaluate(self, comps: Components, *, final: bool = False) -> EvalResult | None:
@@ -800,6 +807,13 @@ class Trainer:
                 seed=cfg.seed + 7919 * self.counters.iterations
             )
         collecting.callback(_quietly, collector.shutdown)
+        if cfg.collector.overlap and not isinstance(collector, OverlappedCollector):
+            raise ConfigError(
+                f"collector.overlap=true, but the assembly's make_collector returned a "
+                f"{type(collector).__name__}, not an OverlappedCollector: collection and learning "
+                "would still alternate. Build it with builders.build_collector (it wraps the "
+                "collector when collector.overlap is set), or set collector.overlap=false."
+            )
         # TorchRL's batched envs and collectors set the thread count of this process
         # themselves; the learner's share is ours to choose.
         torch.set_num_threads(self._num_threads)
@@ -954,15 +968,23 @@ class Trainer:
             yield batch
 
     def _loop(self, comps: Components, collector, frame_skip: int) -> None:
+        learner = self._learner(comps)
+        try:
+            self._steps(comps, collector, frame_skip, learner)
+        finally:
+            learner.close()  # replay.prefetch: the batch in flight is dropped
+
+    def _steps(self, comps: Components, collector, frame_skip: int, learner: Learner) -> None:
         cfg = self.cfg
         c = self.counters
         sch = self.schedule
         num_envs = cfg.env.num_envs
-        learner = self._learner(comps)
         last_log_t, last_log_frames = time.perf_counter(), c.frames
         from torchrl_rise.modules import resample_noise
 
         explore = comps.actor.module[-1]
+        # collector.overlap: the collector runs in a thread one batch ahead (training/overlap.py)
+        overlapped = collector if isinstance(collector, OverlappedCollector) else None
         with _progress(cfg, initial=c.frames) as bar:
             last_bar = time.perf_counter()
             if c.frames >= cfg.total_frames:
@@ -988,10 +1010,14 @@ class Trainer:
                     if n_updates:
                         learner.update(n_updates)  # resamples the noise, too
                         c.updates += n_updates
-                        collector.update_policy_weights_()
+                        if overlapped is None:
+                            collector.update_policy_weights_()
                 else:
                     resample_noise(comps.net)  # fresh acting noise while the buffer fills
                 self._consistent = True
+                if overlapped is not None:
+                    # weights, noise and eps all changed: the thread's next batch acts with them
+                    overlapped.update_policy_weights_()
 
                 now = time.perf_counter()
                 bar.update(steps * frame_skip)
@@ -1014,12 +1040,14 @@ class Trainer:
                 done = c.frames >= cfg.total_frames
                 if c.frames >= sch.next_eval and not done and not self.stopping:
                     t_eval = time.perf_counter()
-                    self._evaluate(comps)
+                    with _paused(overlapped):  # the thread's next batch waits, uncounted
+                        self._evaluate(comps)
                     last_log_t += time.perf_counter() - t_eval  # fps counts training time only
                 if c.frames >= sch.next_checkpoint and not done and not self.stopping:
                     c.walltime_s = self._walltime()
                     t_save = time.perf_counter()
-                    self._save(comps)
+                    with _paused(overlapped):
+                        self._save(comps)
                     last_log_t += time.perf_counter() - t_save
                 if done or self.stopping:
                     break
@@ -1034,6 +1062,11 @@ class Trainer:
                     + ". A run only finishes once it collected total_frames; check the "
                     "collector's total_frames and the env workers' logs."
                 )
+
+
+def _paused(overlapped: OverlappedCollector | None):
+    """Hold an overlapped collector's thread at a batch boundary (nothing for a sync one)."""
+    return contextlib.nullcontext() if overlapped is None else overlapped.paused()
 
 
 def _next_multiple(frames: int, interval: int) -> int:
