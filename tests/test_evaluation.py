@@ -521,3 +521,24 @@ def test_report_numbers_are_computed_apart_from_the_rendering(tmp_path):
     pd.testing.assert_frame_equal(rep.runs, results.runs)
     with pytest.raises(ValueError, match="fallback"):
         compute_results(runs, fallback="zero")
+
+
+def test_random_policy_scores_script():
+    """scripts/random_policy_scores.py plays the recipe's evaluation envs uniformly at random."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["memory", "preset=tiny", "env.env_id=cue-L4-N4", "--episodes", "400"]
+    out = subprocess.run(
+        [sys.executable, str(root / "scripts" / "random_policy_scores.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["env_id"] == "cue-L4-N4" and result["episodes"] == 400
+    assert abs(result["success_rate"] - 0.25) < 0.08  # chance with 4 cues
+    assert result["mean"] == pytest.approx(result["success_rate"])  # +1 per success
