@@ -244,7 +244,7 @@ def test_cpu_presets_of_the_results_grid_validate(recipe, method):
                 config_name=recipe, overrides=[f"preset={CPU_PRESETS[recipe]}", f"method={method}"]
             )
         )
-    assert cfg.num_threads == 1 and cfg.total_frames <= 100_000
+    assert cfg.num_threads == 1 and cfg.total_frames <= 200_000
     assert cfg.encoder.name == "downsample" and cfg.encoder.weights is None
 
 
