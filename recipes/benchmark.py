@@ -236,6 +236,7 @@ def _set_aside_failed_run(cfg: DictConfig, run_dir: Path) -> None:
     logs), and such a run cannot be resumed; it is kept, renamed ``<seed dir>.failed-<n>``, for
     a post-mortem (collect_runs never reports it: it is not finished).
     """
+    from torchrl_rise.training.checkpoint import RunInUseError, RunLock
     from torchrl_rise.training.loop import _RUN_MARKERS
 
     marker = cfg.get("resume_marker")
@@ -244,6 +245,11 @@ def _set_aside_failed_run(cfg: DictConfig, run_dir: Path) -> None:
     found = [name for name in _RUN_MARKERS if (run_dir / name).exists()]
     if not found:
         return
+    try:
+        with RunLock(run_dir):
+            pass
+    except RunInUseError:
+        return  # a run is live there (another launcher): the trainer refuses it, naming the pid
     n = 1
     while (aside := run_dir.with_name(f"{run_dir.name}.failed-{n}")).exists():
         n += 1

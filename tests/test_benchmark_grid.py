@@ -206,6 +206,12 @@ def test_failed_runs_are_reported_and_retried(tmp_path, fake_recipe):
     assert (crashed / "train.csv").exists() and (crashed / LOG).read_text().count("# ") == 1
     assert benchmark.run_grid(cfg) == 1
     assert crashed.with_name("seed0.failed-2").is_dir()
+    # a run that is live there (its lock held) is never moved
+    from torchrl_rise.training.checkpoint import RunLock
+
+    with RunLock(crashed):
+        benchmark._set_aside_failed_run(cfg, crashed)
+    assert (crashed / "train.csv").exists() and not crashed.with_name("seed0.failed-3").exists()
     assert "memory/crash/rise/seed0" in (out / "report" / "report.md").read_text()
 
 
