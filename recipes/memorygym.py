@@ -41,7 +41,7 @@ from torchrl_rise.training.builders import (
 from torchrl_rise.training.presets import register_presets
 
 register_configs()  # the TrainConfig dataclasses as `train_schema`, the base of memorygym.yaml
-register_presets()  # lists preset=quickstart|debug|tiny in --help
+register_presets()  # lists the presets (quickstart, debug, tiny, cpu_*) in --help
 
 
 def assemble(cfg: TrainConfig) -> Assembly:

@@ -52,7 +52,7 @@ from torchrl_rise.training.builders import (  # noqa: E402
 from torchrl_rise.training.presets import register_presets  # noqa: E402
 
 register_configs()  # the TrainConfig dataclasses as `train_schema`, the base of miniworld.yaml
-register_presets()  # lists preset=quickstart|debug|tiny in --help
+register_presets()  # lists the presets (quickstart, debug, tiny, cpu_*) in --help
 
 
 def assemble(cfg: TrainConfig) -> Assembly:

@@ -719,7 +719,7 @@ def test_recipe_help_lists_the_presets(tmp_path):
         timeout=120,
     ).stdout
     groups = out.split("== Config ==")[0]
-    assert "preset: debug, quickstart, tiny" in groups
+    assert "preset: cpu_memorygym, cpu_miniworld, cpu_vizdoom, debug, quickstart, tiny" in groups
 
 
 def test_a_multirun_writes_nothing_in_the_working_directory(tmp_path):

@@ -1,4 +1,4 @@
-"""Hydra presets of the recipes (``preset=quickstart|debug|tiny``), found through ``hydra.searchpath``.
+"""Hydra presets of the recipes (``preset=quickstart|debug|tiny|cpu_<suite>``), on ``hydra.searchpath``.
 
 They live in the package rather than in ``recipes/config/`` so that the ``preset`` config group
 is visible only to the training recipes (each ``recipes/config/<suite>.yaml`` adds
