@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -77,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (CONFIG_DIR / f"{args.recipe}.yaml").exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         parser.error(f"no recipe config {args.recipe!r}; choose one of {known}")
-    os.environ.setdefault("PYTHONSAFEPATH", "1")
     print(
         json.dumps(
             random_policy_score(args.recipe, args.overrides, episodes=args.episodes, seed=args.seed)
