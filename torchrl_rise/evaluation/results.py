@@ -211,7 +211,7 @@ def _overall_results(
         suite=ALL_SUITES,
         score=kinds[0] if len(kinds) == 1 else "+".join(kinds),
         methods=sorted(methods),
-        runs=frame.reset_index(drop=True),
+        runs=frame,
         ranges={k: v for k, v in ranges.items() if v is not None},
     )
     try:
