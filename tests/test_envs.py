@@ -414,7 +414,41 @@ class TestMemoryGym:
         assert set(steps["next", EPISODE_SCORE][done].unique().tolist()) <= {0.0, 1.0}
         env.close()
 
+    def test_crop_to_arena_keeps_the_native_pixels_of_the_arena(self):
+        import gymnasium
+
+        from torchrl_rise.envs.memorygym import MemoryGymScreen
+
+        full = MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), ONE_COMMAND)
+        crop = MemoryGymScreen(
+            gymnasium.make("MortarMayhem-Grid-v0"), ONE_COMMAND, crop_to_arena=True
+        )
+        assert crop.observation_space.shape == (42, 42, 3)  # 3x3 tiles of 14 pixels
+        frames = [(full.reset(seed=4)[0], crop.reset(seed=4)[0])]
+        for action in [0] * 7 + [1, 3, 2, 3]:
+            frames.append((full.step(action)[0], crop.step(action)[0]))
+        for whole, part in frames:
+            assert np.array_equal(whole[21:63, 21:63], part)
+            assert whole.sum() == part.sum()  # nothing but black outside the arena
+        with pytest.raises(ValueError, match="moved the arena"):
+            crop.reset(options={"arena_size": 5})
+        env = make_env(
+            "memorygym",
+            "MortarMayhem-Grid-v0",
+            frame_size=42,
+            grayscale=True,
+            reset_params=ONE_COMMAND,
+            crop_to_arena=True,
+        )
+        check_env_specs(env)
+        assert describe_env(env).pixels_shape == (4, 42, 42)
+        env.close()
+
     def test_bad_input(self):
+        with pytest.raises(ValueError, match="draws no arena"):
+            make_env("memorygym", "MysteryPath-Grid-v0", crop_to_arena=True)
+        with pytest.raises(TypeError, match="crop_to_arena must be true or false"):
+            make_env("memorygym", "MortarMayhem-Grid-v0", crop_to_arena="yes")
         with pytest.raises(ValueError, match="Unknown Memory Gym env id"):
             make_env("memorygym", "MortarMayhem-v9")
         with pytest.raises(TypeError, match="reset_params must be a dict"):

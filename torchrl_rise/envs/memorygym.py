@@ -11,6 +11,10 @@ Defaults (docs/envs.md): the native 84x84 RGB frame (``frame_size`` resizes by a
 simulator step per action, Memory Gym's own episode end. ``reset_params`` (a dict, Memory Gym's
 "reset parameters", e.g. ``{"command_count": [1], "command_show_delay": [6]}``) is passed to every
 reset; unset parameters keep Memory Gym's defaults (10 commands for Mortar Mayhem).
+``crop_to_arena=True`` keeps only the arena's square of the frame (everything else is black): a
+3x3 Mortar Mayhem arena is the central 42x42 pixels of 84x84, so ``frame_size=42`` with the crop
+keeps the native pixels (the agent's heading stays visible) where resizing the whole frame to 42
+would halve them.
 
 Memory Gym draws each frame on pygame's one display surface per process and calls ``pygame.quit()``
 when any env closes, which breaks every other env of the process ("display Surface quit"; e.g. the
@@ -45,7 +49,7 @@ from torchrl_rise.envs.common import (
 
 __all__ = ["MemoryGymScreen", "build", "list_env_ids"]
 
-_OPTIONS = ("reset_params",)
+_OPTIONS = ("reset_params", "crop_to_arena")
 
 
 def _memory_gym():
@@ -70,16 +74,27 @@ class MemoryGymScreen(gymnasium.Wrapper):
     """One Memory Gym env with its own off-screen surface; ``reset_params`` on every reset.
 
     Observations are ``[H, W, 3]`` uint8 in the usual row-major layout (Memory Gym returns pygame's
-    ``[W, H, 3]``).
+    ``[W, H, 3]``). With ``crop_to_arena=True`` they are the arena's square only; the arena is
+    placed by the reset parameters, so a reset that would move it raises ``ValueError``.
 
     Example:
         >>> import gymnasium, memory_gym  # doctest: +SKIP
         >>> env = MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), {"command_count": [1]})
         >>> env.reset(seed=0)[0].shape  # doctest: +SKIP
         (84, 84, 3)
+        >>> params = {"command_count": [1], "arena_size": 3}
+        >>> env = MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), params, crop_to_arena=True)
+        >>> env.reset(seed=0)[0].shape  # doctest: +SKIP
+        (42, 42, 3)
     """
 
-    def __init__(self, env: gymnasium.Env, reset_params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        env: gymnasium.Env,
+        reset_params: dict[str, Any] | None = None,
+        *,
+        crop_to_arena: bool = False,
+    ) -> None:
         super().__init__(env)
         import pygame
 
@@ -96,7 +111,21 @@ class MemoryGymScreen(gymnasium.Wrapper):
         game.screen = self._screen
         game._draw_surfaces = self._draw
         self.reset_params = dict(reset_params or {})
-        self.observation_space = gymnasium.spaces.Box(0, 255, (side, side, 3), np.uint8)
+        self._crop: tuple[int, int, int, int] | None = None  # x, y, width, height
+        if crop_to_arena:
+            self.env.reset(options=self.reset_params or None)  # the arena is placed at reset
+            if not hasattr(game, "arena"):
+                raise TypeError(
+                    f"crop_to_arena: {type(game).__name__} has no arena to crop to; only the "
+                    "Mortar Mayhem tasks draw one. Leave crop_to_arena unset for this task."
+                )
+            self._crop = self._arena_rect()
+        height, width = (self._crop[3], self._crop[2]) if self._crop else (side, side)
+        self.observation_space = gymnasium.spaces.Box(0, 255, (height, width, 3), np.uint8)
+
+    def _arena_rect(self) -> tuple[int, int, int, int]:
+        rect = self.env.unwrapped.arena.rect
+        return int(rect.x), int(rect.y), int(rect.width), int(rect.height)
 
     def _draw(self, surfaces) -> None:
         for surface, where in surfaces:
@@ -104,11 +133,21 @@ class MemoryGymScreen(gymnasium.Wrapper):
                 self._screen.blit(surface, where)
 
     def _frame(self) -> np.ndarray:
-        return np.ascontiguousarray(self._pygame.surfarray.array3d(self._screen).transpose(1, 0, 2))
+        frame = self._pygame.surfarray.array3d(self._screen).transpose(1, 0, 2)
+        if self._crop is not None:
+            x, y, width, height = self._crop
+            frame = frame[y : y + height, x : x + width]
+        return np.ascontiguousarray(frame)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         params = {**self.reset_params, **(options or {})}
         _, info = self.env.reset(seed=seed, options=params or None)
+        if self._crop is not None and self._arena_rect() != self._crop:
+            raise ValueError(
+                f"crop_to_arena: this reset moved the arena from {self._crop} to "
+                f"{self._arena_rect()} (x, y, width, height); the observation shape is fixed, so "
+                "keep arena_size the same for every reset of a cropped env."
+            )
         return self._frame(), info
 
     def step(self, action):
@@ -123,6 +162,7 @@ def _single_env(
     env_id: str,
     *,
     reset_params: dict[str, Any],
+    crop_to_arena: bool,
     frame_size: tuple[int, int],
     grayscale: bool,
 ):
@@ -130,7 +170,7 @@ def _single_env(
     from torchrl.envs import GymWrapper, TransformedEnv
 
     _memory_gym()
-    env = MemoryGymScreen(gymnasium.make(env_id), reset_params)
+    env = MemoryGymScreen(gymnasium.make(env_id), reset_params, crop_to_arena=crop_to_arena)
     torch_env = GymWrapper(env, categorical_action_encoding=True)
     return TransformedEnv(
         torch_env,
@@ -157,7 +197,8 @@ def build(
 ):
     """``make_env("memorygym", env_id, ...)``; see the module docstring for the defaults.
 
-    Suite option: ``reset_params`` (Memory Gym's reset parameters, applied at every reset).
+    Suite options: ``reset_params`` (Memory Gym's reset parameters, applied at every reset) and
+    ``crop_to_arena`` (keep only the arena's square of each frame, before ``frame_size``).
     ``eval_mode`` changes nothing (the tasks are procedurally generated per episode). Backends:
     ``"serial"`` (default) or ``"parallel"``.
     """
@@ -184,17 +225,26 @@ def build(
             f"reset_params must be a dict of Memory Gym reset parameters, got {reset_params!r}; "
             "e.g. {'command_count': [1]}."
         )
+    crop_to_arena = kwargs.get("crop_to_arena", False)
+    if not isinstance(crop_to_arena, bool):
+        raise TypeError(f"crop_to_arena must be true or false, got {crop_to_arena!r}.")
+    if crop_to_arena and not env_id.startswith("MortarMayhem"):
+        raise ValueError(
+            f"crop_to_arena: {env_id!r} draws no arena to crop to (only the MortarMayhem tasks "
+            "do); leave crop_to_arena unset for it."
+        )
     check_positive("max_episode_frames", max_episode_frames, allow_none=True)
     make_one = functools.partial(
         _single_env,
         env_id,
         reset_params=dict(reset_params),
+        crop_to_arena=crop_to_arena,
         frame_size=opts.frame_size,
         grayscale=opts.grayscale,
     )
     # Build and reset one here first: bad reset parameters fail with Memory Gym's error here.
-    probe = make_one()
     try:
+        probe = make_one()
         probe.reset()
     except (KeyError, ValueError, AssertionError, TypeError) as err:
         raise ValueError(
