@@ -85,6 +85,25 @@ def test_standard_transform_order():
     assert names == ["RewardSum", "StepCounter"]
 
 
+def test_reward_scale_scales_the_learning_reward_only():
+    plain = make_env("memory", "cue-L2", num_envs=2, seed=3, clip_rewards=False)
+    scaled = make_env("memory", "cue-L2", num_envs=2, seed=3, clip_rewards=False, reward_scale=0.5)
+    torch.manual_seed(0)
+    ref = plain.rollout(12, break_when_any_done=False)
+    torch.manual_seed(0)
+    out = scaled.rollout(12, break_when_any_done=False)
+    assert torch.equal(ref["action"], out["action"])
+    assert ref["next", "reward"].abs().sum() > 0
+    torch.testing.assert_close(out["next", "reward"], 0.5 * ref["next", "reward"])
+    assert torch.equal(out["next", EPISODE_SCORE], ref["next", EPISODE_SCORE])  # raw scores
+    check_env_specs(scaled)
+    with pytest.raises(ValueError, match="scale or clip the rewards, not both"):
+        make_env("memory", "cue-L2", reward_scale=0.5)
+    for bad in (0, -1.0, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="reward_scale must be a positive number"):
+            make_env("memory", "cue-L2", clip_rewards=False, reward_scale=bad)
+
+
 def test_make_env_errors():
     with pytest.raises(ValueError, match=r"Unknown suite 'atary'.*'atari'"):
         make_env("atary", "pong")

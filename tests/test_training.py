@@ -83,6 +83,11 @@ def test_load_config_merges_and_returns_dataclass():
         ),
         ({"total_frames": 1000, "replay": {"learning_starts": 2000}}, "would never learn"),
         ({"loss": {"gamma": 1.5}}, "loss.gamma must lie in (0, 1]"),
+        ({"env": {"reward_scale": 0.01}}, "scale or clip the rewards, not both"),
+        (
+            {"env": {"clip_rewards": False, "reward_scale": 0}},
+            "env.reward_scale must be a positive",
+        ),
         ({"loss": {"n_step": 0}}, "loss.n_step must be > 0"),
         ({"optim": {"lr": -1e-4}}, "optim.lr must be > 0"),
         ({"replay": {"alpha": 2.0}}, "replay.alpha must lie in [0, 1]"),

@@ -11,11 +11,13 @@ tracks the raw episode score (``"episode_score"``) and length (``"episode_length
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import torch
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, RewardScaling
 
+from torchrl_rise import keys
 from torchrl_rise.envs.common import (
     EPISODE_LENGTH,
     EPISODE_SCORE,
@@ -80,6 +82,7 @@ def make_env(
     frame_size: int | tuple[int, int] | None = None,
     grayscale: bool | None = None,
     clip_rewards: bool = True,
+    reward_scale: float = 1.0,
     eval_mode: bool = False,
     max_episode_frames: int | None = None,
     backend: str | None = None,
@@ -102,6 +105,10 @@ def make_env(
         frame_size: ``(H, W)`` or an int (``None``: suite default).
         grayscale: 1-channel frames (``None``: suite default; True only for Atari and memory).
         clip_rewards: clip ``"reward"`` to ``[-1, 1]``; ``"episode_score"`` stays raw.
+        reward_scale: multiply ``"reward"`` by this (``"episode_score"`` stays raw); the
+            alternative to clipping where reward sizes matter (ViZDoom Basic: a kill is worth
+            25 steps of its living penalty, clipping makes them equal). Needs
+            ``clip_rewards=False``.
         eval_mode: build for evaluation (Procgen: levels disjoint from the training levels).
         max_episode_frames: episode cap in simulator frames (``None``: suite default; Atari
             108,000 as BTR).
@@ -131,7 +138,8 @@ def make_env(
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    return module.build(
+    check_reward_scale(reward_scale, clip_rewards=clip_rewards)
+    env = module.build(
         env_id,
         num_envs=num_envs,
         seed=seed,
@@ -145,3 +153,24 @@ def make_env(
         backend=backend,
         **suite_kwargs,
     )
+    if reward_scale != 1.0:
+        env.append_transform(
+            RewardScaling(loc=0.0, scale=float(reward_scale), in_keys=[keys.REWARD])
+        )
+    return env
+
+
+def check_reward_scale(reward_scale: float, *, clip_rewards: bool) -> None:
+    """Raise ``ValueError`` unless ``reward_scale`` is a positive finite number usable here."""
+    if (
+        isinstance(reward_scale, bool)
+        or not isinstance(reward_scale, (int, float))
+        or not math.isfinite(reward_scale)
+        or reward_scale <= 0
+    ):
+        raise ValueError(f"reward_scale must be a positive number, got {reward_scale!r}.")
+    if clip_rewards and reward_scale != 1.0:
+        raise ValueError(
+            f"reward_scale={reward_scale} with clip_rewards=True: scale or clip the rewards, not "
+            "both (set clip_rewards=False to scale them)."
+        )

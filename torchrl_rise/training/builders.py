@@ -179,6 +179,7 @@ class EnvFactory:
                 else env_cfg.frame_size
             ),
             clip_rewards=env_cfg.clip_rewards and not self.eval_mode,
+            reward_scale=1.0 if self.eval_mode else env_cfg.reward_scale,
             eval_mode=self.eval_mode,
             max_episode_frames=env_cfg.max_episode_frames,
             **kwargs,

@@ -66,6 +66,8 @@ class EnvConfig:
         frame_stack: frames stacked into the policy observation (``None``: the suite's default).
         frame_size: side of each (resized) frame, or ``[H, W]`` (``None``: the suite's default).
         clip_rewards: clip rewards to [-1, 1] for learning (raw scores are still reported).
+        reward_scale: multiply rewards by this for learning instead (needs ``clip_rewards``
+            false; raw scores are still reported). The ViZDoom CPU preset uses 0.01.
         max_episode_frames: episode cap in simulator frames (``None``: the suite's; Atari 108K).
         kwargs: extra keyword arguments for the suite's ``make_env`` (e.g. ``num_levels``).
         eval_kwargs: keyword arguments that only the evaluation envs get (e.g. unseen levels).
@@ -77,6 +79,7 @@ class EnvConfig:
     frame_stack: int | None = 4
     frame_size: Any = 84
     clip_rewards: bool = True
+    reward_scale: float = 1.0
     max_episode_frames: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     eval_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -460,6 +463,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             )
     if cfg.env.max_episode_frames is not None:
         _positive(cfg.env.max_episode_frames, "env.max_episode_frames")
+    from torchrl_rise.envs import check_reward_scale
+
+    try:
+        check_reward_scale(cfg.env.reward_scale, clip_rewards=cfg.env.clip_rewards)
+    except ValueError as err:
+        raise ConfigError(f"env.{err}") from err
     if cfg.num_threads is not None:
         _positive(cfg.num_threads, "num_threads")
     if cfg.uses_context and cfg.encoder.context_length < 1:
