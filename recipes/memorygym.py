@@ -14,17 +14,24 @@ docs/recipes.md lists the knobs and shows how this script assembles a run.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
-import hydra
-from omegaconf import DictConfig
+# Three recipes are named like simulator packages (procgen, vizdoom, miniworld), which TorchRL and
+# the env factories import: drop this folder from the import path so they find the packages.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from torchrl_rise.training import (
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from torchrl_rise.training import (  # noqa: E402
     TrainConfig,
     Trainer,
     load_config,
     register_configs,
 )
-from torchrl_rise.training.builders import (
+from torchrl_rise.training.builders import (  # noqa: E402
     Assembly,
     build_actor,
     build_collector,
@@ -38,7 +45,7 @@ from torchrl_rise.training.builders import (
     make_env_factory,
     probe_env,
 )
-from torchrl_rise.training.presets import register_presets
+from torchrl_rise.training.presets import register_presets  # noqa: E402
 
 register_configs()  # the TrainConfig dataclasses as `train_schema`, the base of memorygym.yaml
 register_presets()  # lists the presets (quickstart, debug, tiny, cpu_*) in --help

@@ -722,6 +722,24 @@ def test_recipe_help_lists_the_presets(tmp_path):
     assert "preset: cpu_memorygym, cpu_miniworld, cpu_vizdoom, debug, quickstart, tiny" in groups
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_as_a_script_from_its_folder(tmp_path, recipe):
+    """``python recipes/<x>.py`` puts recipes/ first on sys.path, where TorchRL's import of procgen
+    would find recipes/procgen.py; each recipe must drop its folder (no PYTHONSAFEPATH here)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "== Config ==" in done.stdout
+
+
 def test_a_multirun_writes_nothing_in_the_working_directory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cwd = tmp_path / "cwd"
