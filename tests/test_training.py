@@ -587,3 +587,33 @@ def test_a_run_creates_no_trainer_attribute_that_init_did_not(tmp_path):
     assert set(vars(trainer)) == before
     assert trainer.summary == summary and trainer.counters.frames == 64
     assert trainer.counters.updates == summary["updates"] > 0
+
+
+@pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
+def test_the_initial_network_follows_the_seed_alone(method):
+    """Two runs with one seed start from the same weights, whatever the global RNG did before."""
+    from torchrl_rise.training.builders import build_assembly
+
+    def weights(seed, noise):
+        torch.rand(noise)  # the global RNG in some other state
+        cfg = load_config(
+            {
+                "method": method,
+                "seed": seed,
+                "env": {"suite": "memory", "env_id": "cue-L3", "num_envs": 4, "frame_size": 16},
+                "encoder": {"name": "downsample", "weights": None, "kwargs": {"size": 4}},
+                "network": {"kwargs": {"width_scale": 0.25, "mlp_hidden": 16}},
+                "total_frames": 512,
+                "replay": {"capacity": 256, "batch_size": 4, "learning_starts": 64},
+                "recurrent": {"learning_length": 4, "burn_in": 0, "period": 4, "batch_size": 2},
+            }
+        )
+        state = torch.random.get_rng_state()
+        net = build_assembly(cfg).net
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG untouched
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    first, again, other = weights(0, 3), weights(0, 17), weights(1, 3)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())

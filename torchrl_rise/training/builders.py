@@ -286,7 +286,11 @@ def encoder_info(cfg: TrainConfig, encoder: nn.Module | None) -> dict[str, Any] 
 
 
 def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
-    """The Q-network of ``cfg.method`` for the env described by ``env_info``."""
+    """The Q-network of ``cfg.method`` for the env described by ``env_info``.
+
+    Its initial weights follow ``cfg.seed`` alone (drawn from a forked RNG: the caller's global
+    RNG state is left as it was), so two runs with one seed start from the same network.
+    """
     from torchrl_rise.modules import make_q_network
 
     kwargs: dict[str, Any] = dict(cfg.network.kwargs)
@@ -296,14 +300,16 @@ def build_network(cfg: TrainConfig, *, env_info, embedding_dim: int | None):
     if cfg.uses_sequences:
         kwargs["burn_in"] = cfg.recurrent.burn_in
     try:
-        return make_q_network(
-            # method=recurrent trains the recurrent_baseline network
-            "recurrent_baseline" if cfg.uses_sequences else cfg.method,
-            num_actions=env_info.num_actions,
-            in_channels=env_info.frame_stack * env_info.frame_channels,
-            frame_size=env_info.frame_size,
-            **kwargs,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return make_q_network(
+                # method=recurrent trains the recurrent_baseline network
+                "recurrent_baseline" if cfg.uses_sequences else cfg.method,
+                num_actions=env_info.num_actions,
+                in_channels=env_info.frame_stack * env_info.frame_channels,
+                frame_size=env_info.frame_size,
+                **kwargs,
+            )
     except TypeError as err:
         raise ConfigError(f"invalid network option in network.kwargs={kwargs}: {err}") from err
 
