@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +120,12 @@ def build_grid(cfg: DictConfig) -> list[Cell]:
         raise GridConfigError(f"`seeds` must be a non-empty list of integers, got {seeds!r}.")
     from torchrl_rise.training.config import METHODS
 
-    unknown = [m for m in methods if m not in METHODS]
+    variants = grid_variants(cfg)
+    unknown = [m for m in methods if m not in METHODS and m not in variants]
     if unknown:
         raise GridConfigError(
             f"`methods` has unknown entries {unknown}; choose from {list(METHODS)} "
-            "(the recurrent baseline is `recurrent`)."
+            f"(the recurrent baseline is `recurrent`) or the `variants` {sorted(variants)}."
         )
     for key, values in (("methods", methods), ("seeds", seeds)):
         if len(set(values)) != len(values):
@@ -147,6 +148,46 @@ def build_grid(cfg: DictConfig) -> list[Cell]:
     return grid
 
 
+def grid_variants(cfg: DictConfig) -> dict[str, tuple[str, list[str]]]:
+    """``variants``: name -> (the method it runs, its extra overrides), validated.
+
+    A variant is a row of an ablation: a method plus overrides (``rise`` with the context stream
+    muted, say), named in ``methods`` like a method, with its own run directories and its own
+    row in the report.
+    """
+    from torchrl_rise.training.config import METHODS
+
+    raw = _plain(cfg.get("variants")) or {}
+    if not isinstance(raw, Mapping):
+        raise GridConfigError(
+            f"`variants` must map names to {{method, overrides}}, got {raw!r}; e.g. "
+            "'variants={rise_muted: {method: rise, overrides: [+network.kwargs.mute_context=true]}}'."
+        )
+    variants = {}
+    for name, spec in raw.items():
+        if name in METHODS:
+            raise GridConfigError(
+                f"variants.{name} shadows the method {name!r}; give the variant its own name."
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            raise GridConfigError(
+                f"variants.{name}: a variant name is a run directory name; use letters, digits, "
+                "'_', '.' and '-' only."
+            )
+        spec = spec if isinstance(spec, Mapping) else {}
+        method, overrides = spec.get("method"), spec.get("overrides", [])
+        if method not in METHODS:
+            raise GridConfigError(
+                f"variants.{name}.method must be one of {list(METHODS)}, got {method!r}."
+            )
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise GridConfigError(
+                f"variants.{name}.overrides must be a list of hydra overrides, got {overrides!r}."
+            )
+        variants[str(name)] = (str(method), list(overrides))
+    return variants
+
+
 def _hydra_value(value: Any) -> str:
     """``value`` as a hydra override value, quoted when it holds characters hydra would parse."""
     text = str(value)
@@ -157,12 +198,13 @@ def _hydra_value(value: Any) -> str:
 
 def cell_command(cfg: DictConfig, cell: Cell, run_dir: Path) -> list[str]:
     """The argument list that runs ``cell``: ``command`` followed by the formatted overrides."""
+    method, variant_overrides = grid_variants(cfg).get(cell.method, (cell.method, []))
     raw = {
         "python": sys.executable,
         "repo": str(REPO),
         "suite": cell.suite,
         "env": cell.env_id,
-        "method": cell.method,
+        "method": method,
         "seed": cell.seed,
         "run_dir": str(run_dir),
     }
@@ -195,9 +237,8 @@ def cell_command(cfg: DictConfig, cell: Cell, run_dir: Path) -> list[str]:
     args += fmt(
         (cfg.suite_overrides or {}).get(cell.suite), quoted, f"suite_overrides.{cell.suite}"
     )
-    args += fmt(
-        (cfg.method_overrides or {}).get(cell.method), quoted, f"method_overrides.{cell.method}"
-    )
+    args += fmt((cfg.method_overrides or {}).get(method), quoted, f"method_overrides.{method}")
+    args += fmt(variant_overrides, quoted, f"variants.{cell.method}.overrides")
     return args
 
 
@@ -363,7 +404,11 @@ def make_report(cfg: DictConfig, grid: Sequence[Cell], output_dir: Path) -> Path
     if not finished:
         logger.error("no finished runs yet: no report")
         return None
-    runs = [load_run(c.run_dir(output_dir), defaults=asdict(c)) for c in finished]
+    # a variant's summary names the method it ran; the report's row is the variant
+    runs = [
+        replace(load_run(c.run_dir(output_dir), defaults=asdict(c)), method=c.method)
+        for c in finished
+    ]
     rc = cfg.report
     report = build_report(
         runs,

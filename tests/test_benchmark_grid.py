@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from torchrl_rise.evaluation import build_report, is_run_complete
 
@@ -310,3 +311,53 @@ def test_the_cpu_results_grid_config(tmp_path):
         assert args[1].endswith(f"recipes/{cell.suite}.py")
         assert f"preset=cpu_{cell.suite}" in args and f"method={cell.method}" in args
     assert int(cfg.launcher.workers) == 2 and cfg.env_vars.OMP_NUM_THREADS == "1"
+
+
+def test_variants_are_rows_of_their_own(tmp_path, fake_recipe):
+    """A variant runs its method with its overrides, in its own run dirs, as its own report row."""
+    script, calls = fake_recipe
+    variants = "+variants.rise_x={method: rise, overrides: ['extra=x']}"
+    cfg = _cfg(
+        tmp_path,
+        script,
+        "suites={memory: [cue-L4]}",
+        "seeds=[0]",
+        variants,
+        "methods=[rise,rise_x,btr]",
+    )
+    grid = benchmark.build_grid(cfg)
+    assert [c.method for c in grid] == ["rise", "rise_x", "btr"]
+    cell = grid[1]
+    args = benchmark.cell_command(cfg, cell, cell.run_dir(tmp_path))
+    assert "method=rise" in args and args[-1] == "extra=x"
+    assert cell.run_dir(tmp_path).parent.name == "rise_x"
+    assert benchmark.run_grid(cfg) == 0
+    assert sum(1 for c in _calls(calls) if "extra=x" in c) == 1
+    agg = json.loads((tmp_path / "grid" / "report" / "aggregates.json").read_text())
+    assert set(agg["aggregates"]["memory"]) == {"rise", "rise_x", "btr"}
+    for bad, match in (
+        ("+variants.rise={method: rise}", "shadows the method"),
+        ("+variants.v={method: nope}", r"variants\.v\.method"),
+        ("+variants.v={method: rise, overrides: 3}", r"variants\.v\.overrides"),
+    ):
+        with pytest.raises(benchmark.GridConfigError, match=match):
+            benchmark.build_grid(_cfg(tmp_path, script, bad))
+    with pytest.raises(benchmark.GridConfigError, match="variants"):
+        benchmark.build_grid(_cfg(tmp_path, script, "methods=[rise_y]"))
+    with pytest.raises(benchmark.GridConfigError, match="run directory name"):
+        benchmark.grid_variants(OmegaConf.create({"variants": {"a b": {"method": "rise"}}}))
+
+
+def test_the_cpu_ablation_grid_config(tmp_path):
+    """ablation_cpu.yaml: each row is the preset plus one change."""
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base="1.3"):
+        cfg = compose("ablation_cpu", overrides=[f"output_dir={tmp_path}"])
+    grid = benchmark.build_grid(cfg)
+    assert {c.suite for c in grid} == {"vizdoom", "miniworld"} and len(grid) == 2 * 4 * 3
+    base = {}
+    for cell in grid:
+        args = benchmark.cell_command(cfg, cell, cell.run_dir(tmp_path))
+        assert f"preset=cpu_{cell.suite}" in args
+        base[cell.method] = [a for a in args if "run_dir" not in a and not a.startswith("seed")]
+    assert base["rise_muted"] == base["rise"] + ["++network.kwargs.mute_context=true"]
+    assert base["rise_gate3"] == base["rise"] + ["++network.kwargs.gate_bias_init=3.0"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -233,6 +235,64 @@ def test_stream_fusion(mode):
     assert (gate is not None) == (mode == "gate")
     with pytest.raises(ValueError, match="fusion"):
         StreamFusion("mul", (3,))
+
+
+@pytest.mark.parametrize("mode", ["gate", "concat", "add"])
+def test_a_muted_fusion_passes_the_features_through(mode):
+    f = torch.randn(2, 3, 4, 4)
+    fused, gate = StreamFusion(mode, (3, 4, 4), mute_context=True)(f, None)
+    expected = {"gate": f, "concat": torch.cat([f, torch.zeros_like(f)], 1), "add": f}[mode]
+    torch.testing.assert_close(fused, expected)
+    if mode == "gate":
+        assert torch.equal(gate, torch.ones_like(f))
+    with pytest.raises(ValueError, match="mute_context"):
+        StreamFusion(mode, (3, 4, 4))(f, None)
+
+
+@pytest.mark.parametrize("fusion", ["gate", "concat", "add"])
+def test_mute_context_is_the_rise_network_without_its_context(fusion):
+    """The muted network's output is its CNN and head alone: the window changes nothing, and no
+    gradient reaches the context stream."""
+    net = make_q_network(
+        "rise", num_actions=4, in_channels=4, fusion=fusion, mute_context=True, **SMALL
+    )
+    twin = copy.deepcopy(net)  # a forward in train mode steps spectral norm's power iteration
+    td = _rise_td((3,))
+    torch.manual_seed(1)
+    out = net(td.clone())["quantiles"]
+    other = td.clone()
+    other["rise_context"] = torch.randn_like(other["rise_context"].float()).half()
+    torch.manual_seed(1)
+    torch.testing.assert_close(twin(other)["quantiles"], out)
+    out.sum().backward()
+    assert all(p.grad is None for p in net.context.parameters())
+    assert any(p.grad is not None for p in net.cnn.parameters())
+    assert any(p.grad is not None for p in net.head.parameters())
+
+
+def test_gate_bias_init_sets_where_the_gate_starts():
+    torch.manual_seed(0)
+    plain = make_q_network("rise", num_actions=4, in_channels=4, **SMALL)
+    torch.manual_seed(0)
+    opened = make_q_network("rise", num_actions=4, in_channels=4, gate_bias_init=3.0, **SMALL)
+    # only the projection's bias differs: every weight is drawn as without the option
+    differ = [
+        name
+        for (name, a), (_, b) in zip(plain.state_dict().items(), opened.state_dict().items())
+        if not torch.equal(a, b)
+    ]
+    assert differ == ["context.proj.bias"]
+    assert torch.equal(opened.context.proj.bias, torch.full_like(opened.context.proj.bias, 3.0))
+    gate = opened(_rise_td((8,)))["rise_gate"]
+    assert gate.min() > 0.8 and abs(gate.mean().item() - torch.sigmoid(torch.tensor(3.0))) < 0.05
+    # options of the context stream are ignored by btr (like lstm_hidden), refused where invalid
+    make_q_network("btr", num_actions=4, in_channels=4, gate_bias_init=3.0, **SMALL)
+    with pytest.raises(ValueError, match="has no gate"):
+        make_q_network(
+            "rise", num_actions=4, in_channels=4, fusion="add", gate_bias_init=1.0, **SMALL
+        )
+    with pytest.raises(ValueError, match="finite"):
+        make_q_network("rise", num_actions=4, in_channels=4, gate_bias_init=float("nan"), **SMALL)
 
 
 def test_context_changes_the_output_and_mismatches_are_rejected():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,6 +11,19 @@ from torch import nn
 __all__ = ["FUSION_MODES", "ContextLSTM", "StreamFusion", "left_align_window"]
 
 FUSION_MODES = ("gate", "concat", "add")
+
+
+def check_gate_bias_init(gate_bias_init: float | None, fusion: str) -> None:
+    """Refuse a gate initialisation the fusion has no gate for, or one that is not finite."""
+    if gate_bias_init is None:
+        return
+    if fusion != "gate":
+        raise ValueError(
+            f"gate_bias_init={gate_bias_init!r} sets where the sigmoid gate starts, but "
+            f"fusion={fusion!r} has no gate; drop gate_bias_init or use fusion='gate'."
+        )
+    if not math.isfinite(float(gate_bias_init)):
+        raise ValueError(f"gate_bias_init must be a finite number, got {gate_bias_init!r}.")
 
 
 def left_align_window(
@@ -65,6 +79,10 @@ class ContextLSTM(nn.Module):
         embedding_dim: size ``D`` of the stored embeddings.
         hidden: LSTM hidden size.
         out_features: size of the projected output.
+        out_bias: initial value of every bias of the output projection; ``None`` keeps PyTorch's
+            default initialisation. Under the gate fusion it sets where the gate starts:
+            ``sigmoid(out_bias)`` (e.g. 3.0 starts the gate near 0.95, so the network starts close
+            to BTR's and closes channels only as the context earns it).
 
     Example:
         >>> import torch
@@ -75,7 +93,9 @@ class ContextLSTM(nn.Module):
         torch.Size([2, 4])
     """
 
-    def __init__(self, embedding_dim: int, *, hidden: int, out_features: int) -> None:
+    def __init__(
+        self, embedding_dim: int, *, hidden: int, out_features: int, out_bias: float | None = None
+    ) -> None:
         super().__init__()
         if embedding_dim < 1 or hidden < 1 or out_features < 1:
             raise ValueError(
@@ -84,6 +104,9 @@ class ContextLSTM(nn.Module):
             )
         self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)
         self.proj = nn.Linear(hidden, out_features)
+        if out_bias is not None:
+            # after the default init, so the weights drawn from the RNG are those without it
+            nn.init.constant_(self.proj.bias, float(out_bias))
         self.embedding_dim = embedding_dim
         self.hidden = hidden
 
@@ -118,9 +141,17 @@ class StreamFusion(nn.Module):
     ``add``: ``f + c``. ``feature_shape`` is the CNN tensor's shape after the batch dim (``[F]``
     after pooling or ``[C, h, w]`` before it); the context arrives flat and is reshaped to it.
 
+    With ``mute_context=True`` the context never reaches the features: the gate is held at 1
+    (``gate``), the context term is zero (``concat``, ``add``), and the context may be ``None``
+    (callers skip computing it). It is an ablation: the RISE network and data path with the
+    context stream switched off, which should learn as BTR does.
+
     Args:
         mode: one of ``"gate"``, ``"concat"``, ``"add"``.
         feature_shape: shape of the CNN features (without batch dims).
+
+    Keyword Args:
+        mute_context: hold the fusion at its identity (see above).
 
     Example:
         >>> import torch
@@ -130,12 +161,15 @@ class StreamFusion(nn.Module):
         (0.5, torch.Size([2, 6]))
     """
 
-    def __init__(self, mode: str, feature_shape: Sequence[int]) -> None:
+    def __init__(
+        self, mode: str, feature_shape: Sequence[int], *, mute_context: bool = False
+    ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {mode!r}.")
         self.mode = mode
         self.feature_shape = tuple(int(s) for s in feature_shape)
+        self.mute_context = bool(mute_context)
 
     @property
     def out_channels_factor(self) -> int:
@@ -143,8 +177,12 @@ class StreamFusion(nn.Module):
         return 2 if self.mode == "concat" else 1
 
     def forward(
-        self, features: torch.Tensor, context: torch.Tensor
+        self, features: torch.Tensor, context: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.mute_context:
+            return self._muted(features)
+        if context is None:
+            raise ValueError("the fusion needs the projected context (None is for mute_context).")
         context = context.reshape(context.shape[0], *self.feature_shape).to(features.dtype)
         if self.mode == "gate":
             gate = torch.sigmoid(context)
@@ -152,3 +190,10 @@ class StreamFusion(nn.Module):
         if self.mode == "concat":
             return torch.cat([features, context], dim=1), None
         return features + context, None
+
+    def _muted(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.mode == "gate":
+            return features, torch.ones_like(features)
+        if self.mode == "concat":
+            return torch.cat([features, torch.zeros_like(features)], dim=1), None
+        return features, None

@@ -17,7 +17,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from torchrl_rise import keys
-from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM
+from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, check_gate_bias_init
 from torchrl_rise.modules.impala import ImpalaCNN
 from torchrl_rise.modules.iqn import DuelingIQNHead
 from torchrl_rise.modules.stream import RiseContextStream
@@ -134,6 +134,8 @@ class RiseQNetwork(IQNNetworkBase):
         lstm_hidden: int = 512,
         fusion: str = "gate",
         gate_position: str = "post_pool",
+        gate_bias_init: float | None = None,
+        mute_context: bool = False,
         num_taus: int = 8,
         num_cosines: int = 64,
         mlp_hidden: int = 512,
@@ -158,6 +160,8 @@ class RiseQNetwork(IQNNetworkBase):
             )
         if context_length is not None and context_length < 1:
             raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
+        if use_context:  # like lstm_hidden and fusion, ignored without a context stream
+            check_gate_bias_init(gate_bias_init, fusion)
         cnn = ImpalaCNN(
             in_channels,
             frame_size=frame_size,
@@ -177,7 +181,10 @@ class RiseQNetwork(IQNNetworkBase):
             # built before the head: the same seed gives the same weights as before the stream
             # existed (construction order cnn, context, head)
             context = ContextLSTM(
-                embedding_dim, hidden=lstm_hidden, out_features=math.prod(feature_shape)
+                embedding_dim,
+                hidden=lstm_hidden,
+                out_features=math.prod(feature_shape),
+                out_bias=gate_bias_init,
             )
         factor = 2 if use_context and fusion == "concat" else 1
         head = DuelingIQNHead(
@@ -199,6 +206,7 @@ class RiseQNetwork(IQNNetworkBase):
                 fusion=fusion,
                 context_module=context,
                 return_gate=True,
+                mute_context=mute_context,
             )
         # the parts are registered on the network under the names its state dicts have always
         # used (cnn, context, fusion, head); the stream that composes them stays unregistered,
@@ -488,6 +496,8 @@ def make_q_network(
     lstm_hidden: int | None = None,
     fusion: str = "gate",
     gate_position: str = "post_pool",
+    gate_bias_init: float | None = None,
+    mute_context: bool = False,
     num_taus: int = 8,
     num_cosines: int = 64,
     mlp_hidden: int = 512,
@@ -522,6 +532,12 @@ def make_q_network(
         fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
         gate_position: ``"post_pool"`` (fuse the 2304 pooled features, default) or
             ``"pre_pool"`` (fuse the ``[C, h, w]`` map before the adaptive max-pool).
+        gate_bias_init: ``rise`` with the gate fusion: the initial bias of the context
+            projection, so the gate starts at ``sigmoid(gate_bias_init)``; ``None`` keeps
+            PyTorch's default initialisation (the gate starts near 0.5; docs/network.md).
+        mute_context: ``rise`` only, an ablation: the context stream is switched off (gate held
+            at 1, or a zero context term for ``concat``/``add``) on the unchanged rise network
+            and data path.
         num_taus: taus sampled per forward (settable later through ``net.num_taus``).
         num_cosines: cosine features of the tau embedding.
         mlp_hidden: width of the dueling head's dense layers (BTR: 512).
@@ -567,6 +583,8 @@ def make_q_network(
             context_length=context_length,
             fusion=fusion,
             gate_position=gate_position,
+            gate_bias_init=gate_bias_init,
+            mute_context=mute_context,
             emit_gate=emit_gate,
             **common,
         )

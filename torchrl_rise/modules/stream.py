@@ -20,7 +20,12 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from torchrl_rise import keys
-from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, StreamFusion
+from torchrl_rise.modules.context import (
+    FUSION_MODES,
+    ContextLSTM,
+    StreamFusion,
+    check_gate_bias_init,
+)
 
 __all__ = ["RiseContextModule", "RiseContextStream"]
 
@@ -75,6 +80,12 @@ class RiseContextStream(nn.Module):
             module to use instead of the default :class:`ContextLSTM`.
         return_gate: ``forward`` returns ``(output, gate)`` with the flattened gate ``[..., F]``
             (gate fusion only) for :func:`~torchrl_rise.modules.gate_statistics`.
+        gate_bias_init: initial bias of the default :class:`ContextLSTM`'s output projection, so
+            the gate starts at ``sigmoid(gate_bias_init)`` (gate fusion only); ``None`` keeps
+            PyTorch's default initialisation (the paper's setting, as far as it says).
+        mute_context: the ablation "context stream off": the gate is held at 1 (the context term
+            is zero for ``concat``/``add``) and the context module is not run
+            (:class:`StreamFusion`).
 
     Example:
         >>> import torch
@@ -101,10 +112,18 @@ class RiseContextStream(nn.Module):
         fusion: str = "gate",
         context_module: nn.Module | None = None,
         return_gate: bool = False,
+        gate_bias_init: float | None = None,
+        mute_context: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
+        check_gate_bias_init(gate_bias_init, fusion)
+        if gate_bias_init is not None and context_module is not None:
+            raise ValueError(
+                "gate_bias_init initialises the default ContextLSTM; with a prebuilt "
+                "context_module, initialise its output bias yourself."
+            )
         if not isinstance(feature_extractor, nn.Module) or not isinstance(head, nn.Module):
             raise TypeError(
                 "feature_extractor and head must be torch.nn.Module instances, got "
@@ -118,12 +137,15 @@ class RiseContextStream(nn.Module):
                     "encoder.embedding_dim) or a prebuilt context_module."
                 )
             context_module = ContextLSTM(
-                embedding_dim, hidden=lstm_hidden, out_features=math.prod(shape)
+                embedding_dim,
+                hidden=lstm_hidden,
+                out_features=math.prod(shape),
+                out_bias=gate_bias_init,
             )
         # registration order = parameter order: features, context, head (optimizer states)
         self.feature_extractor = feature_extractor
         self.context = context_module
-        self.fusion = StreamFusion(fusion, shape)
+        self.fusion = StreamFusion(fusion, shape, mute_context=mute_context)
         self.head = head
         self.feature_shape = shape
         self.return_gate = bool(return_gate) and fusion == "gate"
@@ -153,6 +175,8 @@ class RiseContextStream(nn.Module):
                 f"for features [B, {', '.join(map(str, self.feature_shape))}]; pass the "
                 "extractor's output shape as feature_shape."
             )
+        if self.fusion.mute_context:
+            return self.fusion(features, None)
         return self.fusion(features, self.context(context, mask))
 
     def forward(
