@@ -463,6 +463,41 @@ class TestMemoryGym:
         assert describe_env(env).pixels_shape == (4, 42, 42)
         env.close()
 
+    def test_expose_cue_names_the_command_to_remember(self):
+        import gymnasium
+
+        from torchrl_rise.envs.memorygym import MemoryGymScreen
+
+        screen = MemoryGymScreen(
+            gymnasium.make("MortarMayhem-Grid-v0"), ONE_COMMAND, expose_cue=True
+        )
+        game = screen.env.unwrapped
+        names = list(type(game)._generate_commands.__globals__["Command"].COMMANDS.items())
+        for seed in range(6):
+            _, info = screen.reset(seed=seed)
+            _, (dx, dy) = names[int(info["cue"])]
+            start = game.normalized_agent_position
+            assert game._target_pos == (start[0] + dx, start[1] + dy)  # Memory Gym's own target
+            assert int(screen.step(0)[4]["cue"]) == int(info["cue"])  # constant in the episode
+        env = make_env(
+            "memorygym",
+            "MortarMayhem-Grid-v0",
+            num_envs=2,
+            frame_size=21,
+            grayscale=True,
+            reset_params=ONE_COMMAND,
+            crop_to_arena=True,
+            expose_cue=True,
+        )
+        check_env_specs(env)
+        cues = env.rollout(20, break_when_any_done=False)["cue"]
+        assert cues.dtype == torch.int64 and ((cues >= 0) & (cues < 4)).all()
+        env.close()
+        with pytest.raises(ValueError, match="no command to remember"):
+            make_env("memorygym", "MysteryPath-Grid-v0", expose_cue=True)
+        with pytest.raises(TypeError, match="expose_cue must be true or false"):
+            make_env("memorygym", "MortarMayhem-Grid-v0", expose_cue=1)
+
     def test_bad_input(self):
         with pytest.raises(ValueError, match="draws no arena"):
             make_env("memorygym", "MysteryPath-Grid-v0", crop_to_arena=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import Any
 
 import gymnasium
@@ -49,7 +50,8 @@ from torchrl_rise.envs.common import (
 
 __all__ = ["MemoryGymScreen", "build", "list_env_ids"]
 
-_OPTIONS = ("reset_params", "crop_to_arena")
+_OPTIONS = ("reset_params", "crop_to_arena", "expose_cue")
+CUE_KEY = "cue"
 
 
 def _memory_gym():
@@ -77,6 +79,11 @@ class MemoryGymScreen(gymnasium.Wrapper):
     ``[W, H, 3]``). With ``crop_to_arena=True`` they are the arena's square only; the arena is
     placed by the reset parameters, so a reset that would move it raises ``ValueError``.
 
+    With ``expose_cue=True`` (Mortar Mayhem only) every ``info`` carries ``"cue"``: the index of
+    the episode's first command in Memory Gym's command list (right, down, left, up, stay, ...),
+    what an agent must remember. It is for diagnostics (a linear probe of what a memory carries,
+    ``scripts/probe_context.py``); no agent reads it.
+
     Example:
         >>> import gymnasium, memory_gym  # doctest: +SKIP
         >>> env = MemoryGymScreen(gymnasium.make("MortarMayhem-Grid-v0"), {"command_count": [1]})
@@ -94,6 +101,7 @@ class MemoryGymScreen(gymnasium.Wrapper):
         reset_params: dict[str, Any] | None = None,
         *,
         crop_to_arena: bool = False,
+        expose_cue: bool = False,
     ) -> None:
         super().__init__(env)
         import pygame
@@ -111,6 +119,16 @@ class MemoryGymScreen(gymnasium.Wrapper):
         game.screen = self._screen
         game._draw_surfaces = self._draw
         self.reset_params = dict(reset_params or {})
+        self._command_names: list[str] | None = None
+        if expose_cue:
+            commands = getattr(type(game), "_generate_commands", None)
+            command_type = getattr(sys.modules[type(game).__module__], "Command", None)
+            if commands is None or command_type is None:
+                raise TypeError(
+                    f"expose_cue: {type(game).__name__} shows no commands to remember; only the "
+                    "Mortar Mayhem tasks do. Leave expose_cue unset for this task."
+                )
+            self._command_names = list(command_type.COMMANDS)
         self._crop: tuple[int, int, int, int] | None = None  # x, y, width, height
         if crop_to_arena:
             self.env.reset(options=self.reset_params or None)  # the arena is placed at reset
@@ -148,11 +166,18 @@ class MemoryGymScreen(gymnasium.Wrapper):
                 f"{self._arena_rect()} (x, y, width, height); the observation shape is fixed, so "
                 "keep arena_size the same for every reset of a cropped env."
             )
-        return self._frame(), info
+        return self._frame(), self._with_cue(info)
 
     def step(self, action):
         _, reward, terminated, truncated, info = self.env.step(int(action))
+        info = self._with_cue(info)
         return self._frame(), float(reward), bool(terminated), bool(truncated), info
+
+    def _with_cue(self, info: dict) -> dict:
+        if self._command_names is None:
+            return info
+        first = self.env.unwrapped._commands[0]
+        return {**info, CUE_KEY: np.int64(self._command_names.index(first))}
 
     def close(self) -> None:
         """Drops the env; pygame stays initialised for the other envs of this process."""
@@ -163,15 +188,23 @@ def _single_env(
     *,
     reset_params: dict[str, Any],
     crop_to_arena: bool,
+    expose_cue: bool = False,
     frame_size: tuple[int, int],
     grayscale: bool,
 ):
     """One Memory Gym env as a TorchRL env emitting ``"pixels"`` (module level: picklable)."""
+    from torchrl.data import Unbounded
     from torchrl.envs import GymWrapper, TransformedEnv
+    from torchrl.envs.gym_like import default_info_dict_reader
 
     _memory_gym()
-    env = MemoryGymScreen(gymnasium.make(env_id), reset_params, crop_to_arena=crop_to_arena)
+    env = MemoryGymScreen(
+        gymnasium.make(env_id), reset_params, crop_to_arena=crop_to_arena, expose_cue=expose_cue
+    )
     torch_env = GymWrapper(env, categorical_action_encoding=True)
+    if expose_cue:
+        spec = {CUE_KEY: Unbounded(shape=(), dtype=torch.int64)}
+        torch_env.set_info_dict_reader(default_info_dict_reader([CUE_KEY], spec=spec))
     return TransformedEnv(
         torch_env,
         PixelPreprocess(
@@ -197,8 +230,9 @@ def build(
 ):
     """``make_env("memorygym", env_id, ...)``; see the module docstring for the defaults.
 
-    Suite options: ``reset_params`` (Memory Gym's reset parameters, applied at every reset) and
-    ``crop_to_arena`` (keep only the arena's square of each frame, before ``frame_size``).
+    Suite options: ``reset_params`` (Memory Gym's reset parameters, applied at every reset),
+    ``crop_to_arena`` (keep only the arena's square of each frame, before ``frame_size``) and
+    ``expose_cue`` (Mortar Mayhem: the first command's index under ``"cue"``, for diagnostics).
     ``eval_mode`` changes nothing (the tasks are procedurally generated per episode). Backends:
     ``"serial"`` (default) or ``"parallel"``.
     """
@@ -233,12 +267,21 @@ def build(
             f"crop_to_arena: {env_id!r} draws no arena to crop to (only the MortarMayhem tasks "
             "do); leave crop_to_arena unset for it."
         )
+    expose_cue = kwargs.get("expose_cue", False)
+    if not isinstance(expose_cue, bool):
+        raise TypeError(f"expose_cue must be true or false, got {expose_cue!r}.")
+    if expose_cue and not env_id.startswith("MortarMayhem"):
+        raise ValueError(
+            f"expose_cue: {env_id!r} shows no command to remember (only the MortarMayhem tasks "
+            "do); leave expose_cue unset for it."
+        )
     check_positive("max_episode_frames", max_episode_frames, allow_none=True)
     make_one = functools.partial(
         _single_env,
         env_id,
         reset_params=dict(reset_params),
         crop_to_arena=crop_to_arena,
+        expose_cue=expose_cue,
         frame_size=opts.frame_size,
         grayscale=opts.grayscale,
     )
