@@ -259,7 +259,9 @@ transitions written before the second and the third dump:
 
 Steady state per checkpoint: {red["w3"] / gb:.2f} GB written in {red["s3"]:.1f} s, against
 {inc["bytes_written"] / gb:.2f} GB in {inc_s:.1f} s when consecutive checkpoints share chunks (the
-chunks changed over two intervals instead of one). Disk of the store with two checkpoints kept:
+chunks changed over two intervals instead of one, plus the partly written chunk at each end of each
+lane's writes: {2 * rb.num_envs * rb.chunk_nbytes / gb:.2f} GB here, a larger share of a smaller
+buffer). Disk of the store with two checkpoints kept:
 {red["store_keep2"] / gb:.2f} GB (two disjoint full copies), against {shared_keep2 / gb:.2f} GB
 (one full copy + one increment); during a save add one steady-state increment. The first
 checkpoint after a resume is full again (the buffer knows only the files of the checkpoint it
