@@ -4,9 +4,11 @@ incremental snapshots (chunk store, prune)."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -273,7 +275,7 @@ def test_incremental_dumps_are_exact(tmp_path):
 
     def dump(k):
         stats = rb.dumps(tmp_path / f"inc{k}", chunk_store=store)
-        full = rb.dumps(tmp_path / f"full{k}")
+        rb.dumps(tmp_path / f"full{k}")
         moments.append(k)
         return stats, full
 
@@ -419,3 +421,95 @@ def test_sizes_for_disk_budgets(tmp_path):
     chunks = sum(p.stat().st_size for p in (tmp_path / "ckpt" / "chunks").iterdir())
     assert chunks == rb.nbytes
     assert stats["bytes_written"] - chunks < rb.state_nbytes
+
+
+# ---------------------------------------------------------------- issue 24: portable, redundant
+
+
+def test_consecutive_dumps_share_no_chunk_file_and_stay_incremental(tmp_path):
+    rb = make_rb(tmp_path, chunk_records=8)  # 9 chunks
+    store = tmp_path / "store"
+    fill(rb, 3)
+    dumps, stats = [], []
+    for k in range(4):
+        if k:
+            rb.extend(make_batch(2, 2, seed=10 + k))  # a few slots: most chunks stay clean
+        dumps.append(tmp_path / f"d{k}")
+        stats.append(rb.dumps(dumps[-1], chunk_store=store, share_with_previous=False))
+        rb.dumps(tmp_path / f"full{k}")
+        a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / f"a{k}")
+        a.loads(dumps[-1])
+        b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / f"b{k}")
+        b.loads(tmp_path / f"full{k}")
+        assert_same_buffer(a, b)
+        a.close()
+        b.close()
+    for older, newer in itertools.pairwise(dumps):
+        assert not chunk_files(older) & chunk_files(newer)
+    assert stats[0]["files_reused"] == stats[1]["files_reused"] == 0  # two full copies first
+    # then each dump refers to the files of the dump before the previous one
+    assert stats[2]["files_reused"] > 0 and stats[3]["files_reused"] > 0
+    assert chunk_files(dumps[2]) & chunk_files(dumps[0])
+    # one damaged file of the newest dump: the previous one still loads
+    victim = store / sorted(chunk_files(dumps[3]))[0]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(CheckpointCorruptError, match=victim.name):
+        make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "c").loads(dumps[3])
+    make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "d").loads(dumps[2])
+
+
+def test_a_moved_dump_reads_only_its_own_store(tmp_path, caplog):
+    rb = make_rb(tmp_path, chunk_records=8)
+    fill(rb, 3)
+    original = tmp_path / "original"
+    rb.dumps(original / "ckpt", chunk_store=original / "store")
+    text = (original / "ckpt" / snapshot_module.MANIFEST).read_text()
+    assert str(tmp_path) not in text  # the store is named relative to the dump only
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    first = json.loads(text)["chunks"][0]["file"]
+    (copy / "store" / first).unlink()  # an incomplete copy; the original still holds the file
+    with pytest.raises(CheckpointCorruptError, match=f"copy/store/{first}.*missing"):
+        make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "s1").loads(copy / "ckpt")
+    shutil.copy2(original / "store" / first, copy / "store" / first)
+    shutil.rmtree(original)
+    moved = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "s2")
+    moved.loads(copy / "ckpt")
+    assert_same_buffer(moved, rb)
+    # and its next dump into its own store is incremental
+    assert moved.dumps(copy / "ckpt2", chunk_store=copy / "store")["files_written"] == 3
+
+
+def test_old_manifests_with_an_absolute_store_still_load(tmp_path, caplog):
+    rb = make_rb(tmp_path, chunk_records=8)
+    fill(rb, 3)
+    dump, store = tmp_path / "run" / "ckpt", tmp_path / "run" / "store"
+    rb.dumps(dump, chunk_store=store)
+    rb.dumps(tmp_path / "full")
+
+    def reference(name):
+        ref = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / name)
+        ref.loads(tmp_path / "full")
+        return ref
+
+    manifest_file = dump / snapshot_module.MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    # as written before: the relative path and the absolute one
+    manifest["chunk_store_absolute"] = str(store)
+    # the dump moved without its store: the relative location is gone, the absolute one exists
+    moved = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(dump, moved)
+    (moved / snapshot_module.MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger=snapshot_module.__name__):
+        a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "a")
+        a.loads(moved)
+    assert_same_buffer(a, reference("ra"))
+    assert f"reading its chunks from {store}" in caplog.text and "outside" in caplog.text
+    # the absolute path gone (the run dir moved as a whole): the relative location is used
+    manifest["chunk_store_absolute"] = str(tmp_path / "gone" / "store")
+    manifest_file.write_text(json.dumps(manifest))
+    caplog.clear()
+    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
+    b.loads(dump)
+    assert_same_buffer(b, reference("rb"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

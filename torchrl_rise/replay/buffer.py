@@ -409,12 +409,10 @@ class RiseReplayBuffer:
         self._fields: dict[str, torch.Tensor] = {}
         self._lane_base = torch.arange(E, dtype=torch.long) * self.lane_capacity
         self._gamma_pow = self.gamma ** torch.arange(n_step + 1, dtype=torch.float64)
-        # Snapshot bookkeeping: which chunks were written since the last dump into a chunk store,
-        # and the chunk files (in that store) that hold the others.
+        # Snapshot bookkeeping: which chunks were written since the last dumps into a chunk
+        # store, and the chunk files (in that store) that hold the others.
         self._chunk_bounds = snapshot.chunk_bounds(self.capacity + 1, chunk_records)
-        self._dirty = torch.ones(len(self._chunk_bounds), dtype=torch.bool)
-        self._chunk_store: Path | None = None
-        self._chunk_refs: list[dict[str, Any]] | None = None
+        self._ledger = snapshot.ChunkLedger(len(self._chunk_bounds))
 
     @staticmethod
     def _make_generator(seed: int | None) -> torch.Generator:
@@ -815,7 +813,7 @@ class RiseReplayBuffer:
                 self._fields[name][where] = value.to(self.storage_device)
         # Every slot of every lane is allocated: the sampler must see the whole range.
         _torchrl_adapter.set_storage_len(self.storage, self.capacity)
-        self._dirty[index // self.chunk_records] = True
+        self._ledger.mark(index // self.chunk_records)
 
         old_next = self._lane_next.clone()
         self._lane_next += n_rec
@@ -844,7 +842,7 @@ class RiseReplayBuffer:
         except InsufficientDiskSpaceError:
             self.close()  # frees what was allocated; a sparse storage must not be written
             raise
-        self._dirty.fill_(True)
+        self._ledger.forget()
 
     def _preallocate(self) -> None:
         """Allocate every memmap file's blocks now (they are sparse): a disk without room fails
@@ -1228,7 +1226,13 @@ class RiseReplayBuffer:
     def _snapshot_fields(self) -> dict[str, torch.Tensor]:
         return {name: self._fields[name] for name in self._field_specs()}
 
-    def dumps(self, path: str | Path, *, chunk_store: str | Path | None = None) -> dict[str, int]:
+    def dumps(
+        self,
+        path: str | Path,
+        *,
+        chunk_store: str | Path | None = None,
+        share_with_previous: bool = True,
+    ) -> dict[str, int]:
         """Checkpoint everything needed to resume: contents, cursors, episodes, priorities, RNG.
 
         The storage is cut into chunks of :attr:`chunk_records` slots, one file each. Without
@@ -1245,7 +1249,13 @@ class RiseReplayBuffer:
 
         Keyword Args:
             chunk_store: a directory shared by the dumps of one run (created if missing); it may
-                be anywhere, the manifest refers to it by its path relative to ``path``.
+                be anywhere, the manifest refers to it by its path relative to ``path`` only (a
+                directory holding both, copied or moved as a whole, stays loadable).
+            share_with_previous: with ``False``, this dump refers to no chunk file the previous
+                dump into ``chunk_store`` refers to (it writes those chunks again, or refers to
+                the dump before the previous one's): consecutive dumps share no file, so one
+                damaged chunk file costs at most one of them (:class:`~torchrl_rise.replay.
+                snapshot.ChunkLedger`).
 
         Returns:
             ``{"bytes_written", "bytes_reused", "files_written", "files_reused"}``: what this
@@ -1262,17 +1272,19 @@ class RiseReplayBuffer:
             stats["files_written"] += 1
             return desc
 
-        store = None if chunk_store is None else Path(chunk_store).absolute()
+        store = None if chunk_store is None else snapshot.normalized(chunk_store)
         root = path / snapshot.CHUNK_DIR if store is None else store
         chunks: list[dict[str, Any]] = []
         if self.storage.initialized:
             root.mkdir(parents=True, exist_ok=True)
             fields = self._snapshot_fields()
-            refs = self._chunk_refs if store is not None and store == self._chunk_store else None
-            if refs is not None and len(refs) != len(self._chunk_bounds):
-                refs = None  # the previous dump held no storage
+            reusable = (
+                [None] * len(self._chunk_bounds)
+                if store is None
+                else self._ledger.reusable(store, share_with_previous=share_with_previous)
+            )
             for i, (start, end) in enumerate(self._chunk_bounds):
-                ref = None if refs is None or bool(self._dirty[i]) else refs[i]
+                ref = reusable[i]
                 if ref is not None:
                     try:
                         snapshot.check_size(root / ref["file"], ref)
@@ -1303,7 +1315,6 @@ class RiseReplayBuffer:
             "chunk_records": self.chunk_records,
             "storage_initialized": bool(self.storage.initialized),
             "chunk_store": None if store is None else snapshot.relative_store(store, path),
-            "chunk_store_absolute": None if store is None else str(store),
             "chunks": chunks,
             "state": {"file": state_name, **state},
             "sampler": {"file": sampler_name, **sampler},
@@ -1311,8 +1322,7 @@ class RiseReplayBuffer:
         wrote(snapshot.write_manifest(path, manifest))
         snapshot.remove_stale(path, snapshot.manifest_files(path, manifest))
         if store is not None:
-            self._chunk_store, self._chunk_refs = store, chunks
-            self._dirty.fill_(False)
+            self._ledger.committed(store, chunks)
         logger.info(
             "Replay buffer dumped to %s (%d sampleable): %.1f MB written in %d files, %.1f MB "
             "reused in %d chunk files.",
@@ -1337,8 +1347,9 @@ class RiseReplayBuffer:
             path: a dump directory.
 
         Keyword Args:
-            chunk_store: where the dump's chunk store is now, if it was moved without the dump
-                (by default the path the manifest records, relative to ``path``).
+            chunk_store: read the chunks from this store (e.g. the run's own; by default the
+                store the manifest names relative to ``path``, see
+                :func:`~torchrl_rise.replay.snapshot.chunk_root`).
 
         Raises:
             FileNotFoundError: ``path`` holds no complete dump.
@@ -1368,12 +1379,7 @@ class RiseReplayBuffer:
                 f"The checkpoint's stored fields {manifest['fields']} ({manifest['num_records']} "
                 f"records) differ from this buffer's {fields_want} ({self.capacity + 1})."
             )
-        if manifest["chunk_store"] is None:
-            root = path / snapshot.CHUNK_DIR
-        elif chunk_store is not None:
-            root = Path(chunk_store).absolute()
-        else:
-            root = snapshot.chunk_root(path, manifest)
+        root = snapshot.chunk_root(path, manifest, chunk_store=chunk_store)
         chunks = manifest["chunks"]
         bounds = snapshot.chunk_bounds(manifest["num_records"], manifest["chunk_records"])
         if manifest["storage_initialized"] and len(chunks) != len(bounds):
@@ -1416,11 +1422,9 @@ class RiseReplayBuffer:
         self._generator.set_state(state["generator"])
         same_chunks = manifest["chunk_records"] == self.chunk_records
         if manifest["chunk_store"] is not None and same_chunks and manifest["storage_initialized"]:
-            self._chunk_store, self._chunk_refs = root, list(chunks)
-            self._dirty.fill_(False)
+            self._ledger.loaded(root, chunks)
         else:
-            self._chunk_store, self._chunk_refs = None, None
-            self._dirty.fill_(True)
+            self._ledger.forget()
         logger.info("Replay buffer restored from %s (%d sampleable).", path, len(self))
 
     def _reset(self) -> None:
@@ -1432,8 +1436,7 @@ class RiseReplayBuffer:
         self._episode_step.zero_()
         self._ready.zero_()
         self._num_ready = 0
-        self._dirty.fill_(True)
-        self._chunk_store, self._chunk_refs = None, None
+        self._ledger.forget()
 
     def close_open_episodes(self) -> None:
         """Treat every lane's current episode as over: the next write starts a new episode.

@@ -195,26 +195,118 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def chunk_root(path: Path, manifest: Mapping[str, Any]) -> Path:
-    """Where the chunk files of the dump at ``path`` live.
+def normalized(path: str | Path) -> Path:
+    """``path`` made absolute and lexically normalized (``..`` folded, symlinks kept), so that
+    the store a dump names and the store a later dump is given compare equal."""
+    return Path(os.path.normpath(Path(path).absolute()))
 
-    A store is looked for relative to the dump first (the run directory may have moved as a
-    whole; the dump may have been renamed within its parent), then at its absolute path at dump
-    time."""
+
+def chunk_root(
+    path: Path, manifest: Mapping[str, Any], *, chunk_store: str | Path | None = None
+) -> Path:
+    """Where the chunk files of the dump at ``path`` are read from.
+
+    The manifest names its store relative to the dump (``chunk_store``, e.g.
+    ``../../replay_chunks``), so a directory copied or moved as a whole reads its own chunks. That
+    location is used whenever it exists, and every chunk is read from it (a chunk missing there is
+    an error naming it, never looked for elsewhere). Only when it does not exist at all, a
+    manifest written by torchrl_rise up to 0.x (which also recorded ``chunk_store_absolute``)
+    falls back to that absolute path if it exists, with a warning naming it: the dump was moved
+    without its store, and the chunks are read from outside the dump's own tree.
+
+    Args:
+        path: the dump directory.
+        manifest: its manifest (:func:`read_manifest`).
+        chunk_store: read the chunks from this store instead (the manifest's location is then
+            not used at all); e.g. the run's own store, so that a run never reads another's.
+    """
     store = manifest.get("chunk_store")
     if store is None:
         return path / CHUNK_DIR
-    relative = (path / store).resolve()
+    if chunk_store is not None:
+        return normalized(chunk_store)
+    relative = normalized(path / store)
     absolute = manifest.get("chunk_store_absolute")
-    first = manifest["chunks"][0]["file"] if manifest["chunks"] else None
-    if (
-        absolute is not None
-        and first is not None
-        and not (relative / first).exists()
-        and (Path(absolute) / first).exists()
-    ):
-        return Path(absolute)
-    return relative
+    if relative.is_dir() or absolute is None or not Path(absolute).is_dir():
+        return relative
+    logger.warning(
+        "replay snapshot %s: its chunk store %s (relative to the dump: %s) does not exist; reading "
+        "its chunks from %s, the absolute path recorded when it was written, outside the dump's "
+        "own directory tree. Copy that store to %s to make the dump self-contained.",
+        path,
+        relative,
+        store,
+        absolute,
+        relative,
+    )
+    return Path(absolute)
+
+
+class ChunkLedger:
+    """Which store files hold the buffer's chunks, as of its last two dumps into a chunk store.
+
+    A dump into a store may refer to a file an earlier dump wrote instead of writing the chunk
+    again, if no slot of that chunk was written since. With ``share_with_previous=False`` it only
+    refers to files of the dump *before* the previous one, and never to a file the previous dump
+    refers to: two consecutive dumps then share no chunk file, so one damaged file costs at most
+    one of them (the price: each dump writes the chunks changed over two intervals, and the store
+    holds two full copies).
+
+    Example:
+        >>> ledger = ChunkLedger(2)
+        >>> ledger.committed(Path("/s"), [{"file": "a"}, {"file": "b"}])
+        >>> ledger.mark(torch.tensor([1]))
+        >>> ledger.reusable(Path("/s"), share_with_previous=True)
+        [{'file': 'a'}, None]
+        >>> ledger.reusable(Path("/s"), share_with_previous=False)  # nothing two dumps back
+        [None, None]
+    """
+
+    def __init__(self, num_chunks: int) -> None:
+        self.store: Path | None = None
+        # [the latest dump's chunks, the chunks of the dump before it]; None: unknown
+        self.refs: list[list[dict[str, Any]] | None] = [None, None]
+        # dirty[0, i]: chunk i was written since the latest dump; dirty[1, i]: since the one before
+        self.dirty = torch.ones(2, num_chunks, dtype=torch.bool)
+
+    def mark(self, chunk_ids: torch.Tensor) -> None:
+        """Chunks ``chunk_ids`` were written to."""
+        self.dirty[:, chunk_ids] = True
+
+    def forget(self) -> None:
+        """Nothing is known (a new storage, or a load that overwrote it): the next dump is full."""
+        self.store, self.refs = None, [None, None]
+        self.dirty.fill_(True)
+
+    def reusable(self, store: Path, *, share_with_previous: bool) -> list[dict[str, Any] | None]:
+        """Per chunk, the entry of a file in ``store`` the next dump may refer to, or ``None``."""
+        n = self.dirty.shape[1]
+        row = 0 if share_with_previous else 1
+        base = self.refs[row]
+        if store != self.store or base is None or len(base) != n:
+            return [None] * n
+        latest = self.refs[0] or []
+        avoid = set() if share_with_previous else {c["file"] for c in latest}
+        return [
+            None if bool(self.dirty[row, i]) or ref["file"] in avoid else ref
+            for i, ref in enumerate(base)
+        ]
+
+    def committed(self, store: Path, chunks: list[dict[str, Any]]) -> None:
+        """A dump into ``store`` completed, referring to ``chunks``."""
+        if store != self.store:
+            self.refs = [None, None]
+            self.dirty[0] = True
+        self.refs = [list(chunks), self.refs[0]]
+        self.dirty[1] = self.dirty[0]
+        self.dirty[0] = False
+        self.store = store
+
+    def loaded(self, store: Path, chunks: list[dict[str, Any]]) -> None:
+        """The storage now holds exactly the chunk files ``chunks`` of ``store``."""
+        self.forget()
+        self.store, self.refs = store, [list(chunks), None]
+        self.dirty[0] = False
 
 
 def manifest_files(path: Path, manifest: Mapping[str, Any]) -> list[Path]:

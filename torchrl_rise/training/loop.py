@@ -33,6 +33,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect
 import json
 import logging
@@ -75,6 +76,7 @@ from torchrl_rise.training.evaluation import EvalResult, evaluate
 from torchrl_rise.training.learner import Learner
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.overlap import OverlappedCollector
+from torchrl_rise.training.replay_snapshots import dump_replay, load_replay
 from torchrl_rise.training.summary import make_summary, write_summary
 
 __all__ = [
@@ -439,7 +441,10 @@ class Trainer:
                 )
         if loaded["replay_dir"] is not None:
             # First, so that a damaged replay snapshot leaves the rest untouched (fallback).
-            comps.replay.loads(loaded["replay_dir"])
+            # Chunks come from this run's own store only (a copied run dir is self-contained).
+            load_replay(
+                comps.replay, loaded["replay_dir"], chunk_store=self._chunk_store(comps.replay)
+            )
             # The envs restart with fresh episodes: don't splice them onto the ones the buffer saw.
             comps.replay.close_open_episodes()
         elif counters.env_steps:
@@ -557,7 +562,7 @@ class Trainer:
                 f"{'' if same_disk else ' on another disk, not counted'} + checkpoints "
                 f"{budget['checkpoints'] / 2**30:.2f} GiB: checkpoint.keep={ck.keep} kept + 1 "
                 f"during a save, replay {budget['replay_per_checkpoint'] / 2**30:.2f} GiB"
-                f"{' per increment after a first full snapshot' if budget['incremental'] else ''}"
+                f"{self._increment_note(budget['incremental'])}"
                 f" and model/optimizer {budget['state'] / 2**30:.3f} GiB each; "
                 f"{existing / 2**30:.2f} GiB of checkpoints already there)"
             ),
@@ -567,6 +572,13 @@ class Trainer:
             ),
         )
         return budget
+
+    def _increment_note(self, incremental: bool) -> str:
+        if not incremental:
+            return ""
+        if self.cfg.checkpoint.keep > 1:
+            return " per increment after two full snapshots (consecutive ones share no chunk)"
+        return " per increment after a first full snapshot"
 
     def _save(self, comps: Components, *, crash: bool = False) -> Path:
         """A regular checkpoint (``latest``, pruning) or, with ``crash``, a crash checkpoint."""
@@ -578,10 +590,9 @@ class Trainer:
         save_replay = None
         if cfg.checkpoint.save_replay and self.counters.env_steps:
             store = self._chunk_store(comps.replay)
-            save_replay = (
-                comps.replay.dumps
-                if store is None
-                else (lambda path: comps.replay.dumps(path, chunk_store=store))
+            # keep >= 2: consecutive checkpoints share no chunk file (one bad chunk costs one)
+            save_replay = functools.partial(
+                dump_replay, comps.replay, chunk_store=store, redundant=cfg.checkpoint.keep > 1
             )
         try:
             return save_checkpoint(
@@ -1142,7 +1153,9 @@ def disk_budget(
     the model, target and Adam state (weights + two moments) and, with ``save_replay``, the
     replay: a full copy each, or (incremental snapshots in a chunk store) one full snapshot plus,
     per checkpoint, the chunks written since the previous one (``checkpoint.interval_frames``
-    worth of transitions, rounded up to a chunk per env lane).
+    worth of transitions, rounded up to a chunk per env lane); with ``keep >= 2`` consecutive
+    snapshots share no chunk file (training/replay_snapshots.py): two full snapshots, and each
+    checkpoint writes the chunks changed over two intervals.
 
     Returns:
         ``{"scratch", "state", "replay_per_checkpoint", "checkpoints", "incremental"}``.
@@ -1160,9 +1173,10 @@ def disk_budget(
     if cfg.checkpoint.save_replay:
         if incremental:
             chunk = int(getattr(replay, "chunk_nbytes", 0) or 0)
+            lineages = 2 if cfg.checkpoint.keep > 1 else 1
             per_interval = math.ceil(cfg.checkpoint.interval_frames / frame_skip) * per_t
-            replay_each = min(nbytes, per_interval + cfg.env.num_envs * chunk)
-            full = nbytes
+            replay_each = min(nbytes, lineages * per_interval + cfg.env.num_envs * chunk)
+            full = lineages * nbytes
         else:
             replay_each = nbytes
     return {
