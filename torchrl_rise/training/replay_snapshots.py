@@ -15,9 +15,7 @@ buffer's own snapshot format (docs/training.md, "Replay snapshots"):
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +24,21 @@ __all__ = ["dump_replay", "load_replay"]
 logger = logging.getLogger(__name__)
 
 
-def _takes(method: Callable[..., Any] | None, name: str) -> bool:
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def dump_replay(
     replay: Any, path: Path, *, chunk_store: Path | None, redundant: bool
 ) -> dict[str, int] | None:
     """Dump ``replay`` into ``path`` (its chunks into ``chunk_store`` when given).
 
     Args:
-        replay: the run's replay buffer.
+        replay: the run's replay buffer (a :class:`~torchrl_rise.replay.RiseReplayBuffer` or
+            its :class:`~torchrl_rise.replay.SequenceReplayBuffer`).
         path: the checkpoint's ``replay/`` folder.
         chunk_store: the run's chunk store, or ``None`` for a self-contained dump.
         redundant: share no chunk file with the previous dump (when the buffer supports it).
     """
     if chunk_store is None:
         return replay.dumps(path)
-    kwargs: dict[str, Any] = {"chunk_store": chunk_store}
-    if redundant and _takes(replay.dumps, "share_with_previous"):
-        kwargs["share_with_previous"] = False
-    return replay.dumps(path, **kwargs)
+    return replay.dumps(path, chunk_store=chunk_store, share_with_previous=not redundant)
 
 
 def load_replay(replay: Any, path: Path, *, chunk_store: Path | None) -> None:
@@ -59,7 +48,7 @@ def load_replay(replay: Any, path: Path, *, chunk_store: Path | None) -> None:
         CheckpointCorruptError: a file is missing, truncated or damaged; the message names it
             (a chunk file: ``<run>/checkpoints/replay_chunks/chunk<i>-<id>.bin``).
     """
-    if chunk_store is None or not _takes(replay.loads, "chunk_store"):
+    if chunk_store is None:
         replay.loads(path)
         return
     from torchrl_rise.replay import snapshot
