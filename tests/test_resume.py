@@ -259,7 +259,8 @@ def test_a_run_with_checkpoints_is_refused_to_a_new_run_naming_the_command(tmp_p
     assert prepare_run_dir(tmp_path, resume=True, explicit=None) == ([ckpt], None)
     (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "frames": 256}))
     with pytest.raises(
-        ConfigError, match=r"a finished run \(256 frames.*resume=true total_frames=<more than 256>"
+        ConfigError,
+        match=r"already holds a run, finished \(256 frames.*resume=true total_frames=<more than 256>",
     ):
         prepare_run_dir(tmp_path, resume=False, explicit=None)
     assert list_checkpoints(tmp_path) == [ckpt] and not (tmp_path / "partial-1").exists()

@@ -149,7 +149,7 @@ def _refusal(state: RunDirState) -> str:
         what = f"a run with checkpoints (newest {state.checkpoints[0].name})"
         if state.status == "finished":
             frames = summary.get("frames")
-            what = f"a finished run ({frames} frames, checkpoint {state.checkpoints[0].name})"
+            what = f"a run, finished ({frames} frames, checkpoint {state.checkpoints[0].name})"
             command = f"logging.run_dir={run} resume=true total_frames=<more than {frames}>"
             goal = "To train it on"
         else:
