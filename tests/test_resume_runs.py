@@ -130,7 +130,10 @@ def test_a_full_disk_at_the_first_checkpoint_says_to_start_again_and_that_works(
             train(_cfg(run))
     message = str(info.value)
     assert "no earlier checkpoint, so nothing to resume from" in message
-    assert "start the run again from frame 0 with resume=true" in message
+    assert (
+        f"start the run again from frame 0 (its logs are kept in partial-<n>/): logging.run_dir={run} resume=true"
+        in message
+    )
     assert "is intact" not in message
     assert train(_cfg(run, "resume=true"))["status"] == "finished"
     assert (run / "partial-1" / "train.csv").exists()
@@ -215,3 +218,14 @@ def test_an_allowed_change_is_recorded_in_the_history_not_in_config_json(trained
     lines = (run / "config_history.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[1])["changes"] == {"total_frames": {"from": 384, "to": 448}}
+
+
+def test_a_finished_run_requeued_with_resume_true_ends_finished_at_once(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    evals = (run / "eval.csv").read_text()
+    trainer = Trainer(_cfg(run, "resume=true"))
+    summary = trainer.run()
+    assert summary["status"] == "finished" and summary["frames"] == 256
+    assert trainer.resumed_from.name == "frames_000000000256"
+    assert (run / "eval.csv").read_text() == evals  # the final evaluation is not repeated
+    assert not (run / "config_history.jsonl").exists() and not (run / "partial-1").exists()

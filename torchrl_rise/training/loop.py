@@ -588,17 +588,18 @@ class Trainer:
             if not is_disk_full(err):
                 raise
             previous = find_latest_checkpoint(self.run_dir / "checkpoints")
+            command = f"logging.run_dir={self.run_dir} resume=true"
             then = (
-                f"{previous} is intact. Free some space, then resume from it with resume=true"
+                f"{previous} is intact. Free some space, then resume from it: {command}"
                 if previous is not None
                 else "there is no earlier checkpoint, so nothing to resume from. Free some "
-                "space, then start the run again from frame 0 with resume=true (its logs are "
-                "kept in partial-<n>/)"
+                "space, then start the run again from frame 0 (its logs are kept in "
+                f"partial-<n>/): {command}"
             )
             raise DiskFullError(
                 f"the disk of {self.run_dir} is full: the checkpoint at "
                 f"{self.counters.frames} frames could not be written ({err}). Its partial "
-                f"folder was removed; {then} (and logging.run_dir={self.run_dir})."
+                f"folder was removed; {then}."
             ) from err
 
     # ------------------------------------------------------------------ pieces of an iteration
