@@ -303,3 +303,27 @@ def test_third_signal_exits_at_once_and_the_next_start_reclaims(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert not _temp_folders(run) and "reclaimed what a dead run" in (run / "train.log").read_text()
+
+
+def test_sigkill_before_the_first_checkpoint_restarts_from_frame_0_keeping_the_logs(tmp_path):
+    """The SLURM case of docs/training.md: a job killed in its first hours is requeued with the
+    same ``logging.run_dir`` and ``resume=true`` and starts again (it used to be refused)."""
+    run = tmp_path / "run"
+    never = ["checkpoint.interval_frames=1_000_000", "eval.interval_frames=1_000_000"]
+    proc = _start(run, 1_000_000, *never)
+    _wait_for(proc, lambda: (run / "train.csv").exists() and _frames(run / "train.csv"),
+              "a train.csv row")  # fmt: skip
+    _kill(proc)
+    assert not list_checkpoints(run)
+    killed = {n: (run / n).read_bytes() for n in ("config.json", "train.csv", "train.log")}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="memory",
+            overrides=[*OVERRIDES, "total_frames=256", f"logging.run_dir={run}", "resume=true"],
+        )
+    from torchrl_rise.training import train
+
+    assert train(cfg)["status"] == "finished"
+    assert {n: (run / "partial-1" / n).read_bytes() for n in killed} == killed
+    assert _frames(run / "train.csv") == [128, 256]
+    assert "status unknown: it was killed" in (run / "train.log").read_text()

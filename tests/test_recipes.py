@@ -301,10 +301,9 @@ def test_resume_continues_counters_and_buffer(tmp_path):
     assert [int(r["frames"]) for r in read_csv(run / "eval.csv")] == [1024, 2048]
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="no checkpoint exists"):
-        train(make_cfg("atari", tmp_path, "resume=true"))
-    with pytest.raises(ConfigError, match="no checkpoint there"):
+def test_an_explicit_resume_path_without_checkpoint_is_an_error(tmp_path):
+    # (resume=true without a checkpoint starts a new run: tests/test_resume_runs.py)
+    with pytest.raises(ConfigError, match=r"no checkpoint there.*To start a new run there"):
         train(make_cfg("atari", tmp_path, f"resume={tmp_path / 'nowhere'}"))
 
 

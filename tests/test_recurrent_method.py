@@ -193,7 +193,7 @@ def test_stop_request_checkpoints_a_recurrent_run(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
     first = Trainer(tiny(tmp_path, method="btr", total_frames=128))
     first.run()
-    with pytest.raises(ConfigError, match="method='btr'"):
+    with pytest.raises(ConfigError, match=r'method: "btr" \(trained\) -> "recurrent" \(now\)'):
         Trainer(tiny(tmp_path, total_frames=256, resume=str(first.run_dir))).run()
 
 

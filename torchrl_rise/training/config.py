@@ -322,6 +322,11 @@ class CheckpointConfig:
 class TrainConfig:
     """Everything a training run needs; see ``docs/training.md``.
 
+    ``resume`` is ``false`` (a new run), ``true`` (continue the run of ``logging.run_dir``, or the
+    newest of this suite/env/method/seed; a run without a checkpoint starts again from frame 0)
+    or a run directory / checkpoint path. ``resume_allow_changes`` lists the config keys a resume
+    may change although they change the learning problem (:mod:`torchrl_rise.training.resume`).
+
     Example:
         >>> cfg = TrainConfig(method="btr", total_frames=50_000_000)
         >>> validate_config(cfg) is cfg
@@ -336,6 +341,7 @@ class TrainConfig:
     device: str = "cpu"
     num_threads: int | None = None
     resume: Any = False
+    resume_allow_changes: list[str] = field(default_factory=list)
     env: EnvConfig = field(default_factory=EnvConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -602,6 +608,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             "resume must be false, true (the latest run with the same suite/env/method/seed) or "
             f"the path of a run directory or checkpoint; got {cfg.resume!r}."
         )
+    from torchrl_rise.training.resume import check_allow_list
+
+    check_allow_list(cfg)
     return cfg
 
 

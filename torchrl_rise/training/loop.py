@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import functools
 import inspect
-import json
 import logging
 import math
 import os
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrl_rise._fileio import CheckpointCorruptError, is_disk_full, write_atomic
+from torchrl_rise._fileio import CheckpointCorruptError, is_disk_full
 from torchrl_rise.training.builders import Assembly, Components, build_assembly, evaluation_policy
 from torchrl_rise.training.builders import _safe_name as _safe
 from torchrl_rise.training.checkpoint import (
@@ -77,6 +76,8 @@ from torchrl_rise.training.learner import Learner
 from torchrl_rise.training.loggers import RunLogger
 from torchrl_rise.training.overlap import OverlappedCollector
 from torchrl_rise.training.replay_snapshots import dump_replay, load_replay
+from torchrl_rise.training.resume import check_resume, plain_config, record_config, trained_config
+from torchrl_rise.training.rundir import RUN_MARKERS, no_checkpoint_message, prepare_run_dir
 from torchrl_rise.training.summary import make_summary, write_summary
 
 __all__ = [
@@ -93,8 +94,8 @@ logger = logging.getLogger(__name__)
 
 RECENT_EPISODES = 100
 CHUNK_STORE = "replay_chunks"
-# What marks a run directory as holding a run (a new run there is refused).
-_RUN_MARKERS = ("config.json", "train.csv", "eval.csv", "summary.json", "checkpoints")
+# What marks a run directory as holding a run (training/rundir.py decides what a start does).
+_RUN_MARKERS = RUN_MARKERS
 
 
 class CollectorExhaustedError(RuntimeError):
@@ -330,43 +331,31 @@ class Trainer:
             for run in candidates:
                 if list_checkpoints(run):
                     return run, None
-            raise ConfigError(
-                f"resume=true but no checkpoint exists under {parent}; start without resume, or "
-                "pass resume=<run dir or checkpoint path>."
-            )
+            if cfg.logging.run_dir:  # nothing to resume: a new run (training/rundir.py)
+                return parent, None
+            return parent / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"), None
         ckpt = find_latest_checkpoint(resume)
         if ckpt is None:
-            raise ConfigError(
-                f"resume={resume!r}: no checkpoint there (expected a run directory "
-                "with checkpoints/ or a checkpoint folder holding state.pt)."
-            )
+            raise ConfigError(no_checkpoint_message(resume))
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run, ckpt
 
-    def _open_run_dir(self) -> list[Path]:
-        """Resolve, create and lock the run directory; return the checkpoints to try, in order.
+    def _open_run_dir(self) -> tuple[list[Path], str | None]:
+        """Resolve, create and lock the run directory; the checkpoints to try and a note to log.
 
         ``resume=true`` tries the regular checkpoints newest first (falling back from damaged
-        ones); an explicit resume path is the only candidate; a new run has none and is refused
-        in a directory that already holds a run.
+        ones); an explicit resume path is the only candidate; none: a new run from frame 0 (a
+        run that stopped before its first checkpoint is moved to ``partial-<n>/`` first). A
+        directory holding checkpoints is refused to a new run (``training/rundir.py``).
         """
         cfg = self.cfg
         run, explicit = self._resolve_run_dir()
         self._created = _make_dirs(run)
         self.run_dir = run
         try:
-            self._lock = RunLock(run).acquire()
-            if cfg.resume is False:
-                found = [name for name in _RUN_MARKERS if (run / name).exists()]
-                if found:
-                    raise ConfigError(
-                        f"logging.run_dir={str(run)!r} already holds a run ({', '.join(found)}): "
-                        "starting a new one there would mix both runs' logs and overwrite its "
-                        "checkpoints. Add resume=true to continue it, or choose another "
-                        "logging.run_dir (or delete that directory)."
-                    )
-                return []
-            return [explicit] if explicit is not None else list_checkpoints(run)
+            self._lock = RunLock(run).acquire()  # first: a live run's directory is never touched
+            searched = None if cfg.logging.run_dir else _run_parent(cfg)
+            return prepare_run_dir(run, resume=cfg.resume, explicit=explicit, searched=searched)
         except BaseException:
             self._close_run_dir(remove=True)
             raise
@@ -412,6 +401,7 @@ class Trainer:
             "method": self.cfg.method,
             "suite": self.cfg.env.suite,
             "env_id": self.cfg.env.env_id,
+            "config": plain_config(self.cfg),  # what a resume compares (training/resume.py)
             "actor": comps.actor.state_dict(),
             "loss": comps.loss.state_dict(),
             "optimizer": comps.optimizer.state_dict(),
@@ -428,17 +418,16 @@ class Trainer:
             "rng": get_rng_state(),
         }
 
-    def _restore(self, comps: Components, ckpt: Path) -> None:
+    def _restore(self, comps: Components, ckpt: Path) -> list:
+        """Restore ``ckpt``; return the accepted config changes (``training/resume.py``)."""
         loaded = load_checkpoint(ckpt)  # verifies every file against the manifest
         state = loaded["state"]
         counters, schedule = state_counters(state, path=loaded["path"])
-        for key in ("method", "suite", "env_id"):
-            mine = getattr(self.cfg, key) if key == "method" else getattr(self.cfg.env, key)
-            if state.get(key) != mine:
-                raise ConfigError(
-                    f"cannot resume from {loaded['path']}: it was trained with {key}="
-                    f"{state.get(key)!r}, this config has {key}={mine!r}."
-                )
+        # Before any state is loaded: a refused config names its keys, not tensor shapes.
+        trained, complete = trained_config(state, self.run_dir)
+        changes = check_resume(
+            trained, self.cfg, frames=counters.frames, checkpoint=loaded["path"], complete=complete
+        )
         if loaded["replay_dir"] is not None:
             # First, so that a damaged replay snapshot leaves the rest untouched (fallback).
             # Chunks come from this run's own store only (a copied run dir is self-contained).
@@ -471,16 +460,18 @@ class Trainer:
             self.counters.frames,
             self.counters.updates,
         )
+        return changes
 
-    def _restore_any(self, comps: Components, candidates: list[Path]) -> Path | None:
+    def _restore_any(self, comps: Components, candidates: list[Path]) -> tuple[Path | None, list]:
         """Restore the first good checkpoint of ``candidates``; warn about each damaged one.
 
         Only ``resume=true`` falls back; an explicit resume path that is damaged is an error.
+        Returns the checkpoint (``None``: none, a new run) and the accepted config changes.
         """
         damaged = []
         for ckpt in candidates:
             try:
-                self._restore(comps, ckpt)
+                changes = self._restore(comps, ckpt)
             except CheckpointCorruptError as err:
                 if self.cfg.resume is not True:
                     raise
@@ -499,7 +490,7 @@ class Trainer:
                     "; ".join(damaged),
                 )
             self.resumed_from = ckpt
-            return ckpt
+            return ckpt, changes
         if damaged:
             raise CheckpointCorruptError(
                 f"every checkpoint of {self.run_dir} is damaged, nothing to resume from: "
@@ -507,7 +498,7 @@ class Trainer:
                 "(resume=<run>/checkpoints/crash_frames_N), or start a new run in another "
                 "logging.run_dir."
             )
-        return None
+        return None, []
 
     def _chunk_store(self, replay: Any) -> Path | None:
         """``checkpoints/replay_chunks`` if the replay writes incremental snapshots, else None."""
@@ -608,11 +599,18 @@ class Trainer:
             if not is_disk_full(err):
                 raise
             previous = find_latest_checkpoint(self.run_dir / "checkpoints")
+            command = f"logging.run_dir={self.run_dir} resume=true"
+            then = (
+                f"{previous} is intact. Free some space, then resume from it: {command}"
+                if previous is not None
+                else "there is no earlier checkpoint, so nothing to resume from. Free some "
+                "space, then start the run again from frame 0 (its logs are kept in "
+                f"partial-<n>/): {command}"
+            )
             raise DiskFullError(
                 f"the disk of {self.run_dir} is full: the checkpoint at "
                 f"{self.counters.frames} frames could not be written ({err}). Its partial "
-                f"folder was removed; {previous or 'no earlier checkpoint'} is intact. Free some "
-                "space, then resume with resume=true."
+                f"folder was removed; {then}."
             ) from err
 
     # ------------------------------------------------------------------ pieces of an iteration
@@ -750,10 +748,12 @@ class Trainer:
 
         error: BaseException | None = None
         with contextlib.ExitStack() as resources:
-            candidates = self._open_run_dir()  # the run lock is held from here on
+            candidates, note = self._open_run_dir()  # the run lock is held from here on
             resources.callback(self._release_run_dir)
             resources.enter_context(self._file_log())
             logger.info("run directory: %s", self.run_dir.resolve())
+            if note:
+                logger.warning(note)
             self._reclaim()
             resources.enter_context(self._signals())
             try:
@@ -792,11 +792,9 @@ class Trainer:
             comps.replay,
             [p for p in (self.run_dir / "checkpoints").glob("*frames_*") if p.is_dir()],
         )
-        ckpt = self._restore_any(comps, candidates)
-        # Only now is the resume accepted: a refused one must not rewrite config.json.
-        write_atomic(
-            self.run_dir / "config.json", json.dumps(resolved, indent=2, default=str).encode()
-        )
+        ckpt, changes = self._restore_any(comps, candidates)
+        # Only now is the resume accepted: config.json (a new run) or config_history.jsonl
+        record_config(self.run_dir, resolved, changes, frames=self.counters.frames, checkpoint=ckpt)
         self.logs = assembly.make_logger(
             run_dir=self.run_dir,
             config=resolved,
