@@ -59,6 +59,8 @@ _REEXEC = "_TORCHRL_RISE_GPU_CHECK_INSTALLED"
 _T0 = "_TORCHRL_RISE_GPU_CHECK_T0"  # the first process's start, so the install counts too
 PYTEST = [sys.executable, "-m", "pytest"]  # the tests' runner (tests put a fake one here)
 MIN_CUT_S = 45.0  # a stage cut at the budget (the tests) starts only with this much left
+GRACE_S = 60.0  # a stage still running this long past the budget (a hang) ends the check
+_hard_exit = os._exit  # the watchdog's way out (tests replace it)
 _log_path: Path | None = None
 
 
@@ -336,6 +338,25 @@ STAGES = [
 
 
 # --------------------------------------------------------------------------- running and writing
+def start_watchdog(budget: Budget, summary: dict, write: Callable[[], None]) -> threading.Timer:
+    """End the check ``GRACE_S`` past the budget if a stage is still running then (a hang, or far
+    over its estimate): that stage is marked ``cut`` and the files written first, exit code 3."""
+
+    def stop() -> None:
+        for name, record in summary["stages"].items():
+            if record["status"] == "running":
+                record.update(status="cut", reason=f"still running {GRACE_S:.0f} s past the budget")
+                log(f"{name}: {record['reason']}: the check stops here")
+        summary["elapsed_s"] = budget.elapsed()
+        write()
+        _hard_exit(3)
+
+    timer = threading.Timer(max(budget.left(), 0.0) + GRACE_S, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run_stages(ctx: Context, stages: list[Stage], summary: dict, write: Callable[[], None]) -> None:
     """Run ``stages`` in order within the budget; record each and ``write()`` after each."""
     measured: dict[str, float] = {}
@@ -411,7 +432,7 @@ def _tests_text(summary: dict) -> str:
     if record is None:
         return "GPU tests: not run (`--stages` / `--skip-tests`)."
     if record["status"] != "done":
-        why = record.get("reason") or record.get("error") or _UNFINISHED[record["status"]]
+        why = record.get("reason") or record.get("error") or _UNFINISHED.get(record["status"])
         return f"GPU tests: {record['status']} ({why})."
     r = record["result"]
     counts = ", ".join(f"{n} {k}" for k, n in r["counts"].items()) or "no result"
@@ -660,12 +681,19 @@ def main(argv: list[str] | None = None) -> int:
         "stages": {s.name: {"status": "pending"} for s in stages},
     }
 
+    lock = threading.Lock()  # the watchdog's thread writes too
+
     def write() -> None:
-        write_outputs(summary, out, report)
+        with lock:
+            write_outputs(summary, out, report)
 
     write()
+    watchdog = start_watchdog(budget, summary, write)
     torch.manual_seed(0)
-    run_stages(Context(device, sizes, out, args.dry_run, budget), stages, summary, write)
+    try:
+        run_stages(Context(device, sizes, out, args.dry_run, budget), stages, summary, write)
+    finally:
+        watchdog.cancel()
     summary.update(finished=True, elapsed_s=budget.elapsed())
     write()
     print(render(summary), flush=True)

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,6 +138,28 @@ def test_stages_written_as_measured_within_the_budget(gpu_check, tmp_path, monke
     assert 'GPU tests (`pytest -m "gpu" tests/test_gpu.py`): exit code 0, 3 passed' in md
     assert "skipped for the budget: training_rise_overlap" in md
     assert "error: RuntimeError: CUDA error" in md and "sample(256)" in md
+
+
+def test_a_stage_that_hangs_past_the_budget_ends_the_check(gpu_check, tmp_path, monkeypatch):
+    released = threading.Event()
+    exits: list = []
+
+    def hard_exit(code):  # instead of os._exit: what is on disk then, and let the stage return
+        exits.append((code, json.loads((tmp_path / "summary.json").read_text())))
+        released.set()
+
+    def hangs(ctx):
+        assert released.wait(timeout=30), "the watchdog did not fire"
+        return {"config": "btr", "s_per_update": 0.02, "bf16": True}
+
+    monkeypatch.setattr(gpu_check, "STAGES", [gpu_check.Stage("learner_btr", "learner", 0, hangs)])
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0.2)
+    monkeypatch.setattr(gpu_check, "_hard_exit", hard_exit)
+    gpu_check.main(["--dry-run", "--budget-s", "0.5", "--out", str(tmp_path)])
+    [(code, summary)] = exits
+    record = summary["stages"]["learner_btr"]
+    assert code == 3 and record["status"] == "cut" and "past the budget" in record["reason"]
+    assert not summary["finished"]
 
 
 def test_budget_counts_from_the_start(gpu_check):
