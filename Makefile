@@ -29,10 +29,10 @@ lint: install-dev
 bench: install-dev
 	$(PY) benchmarks/run_all.py
 
-## The lent GPU machine (docs/gpu.md): the wheels it lacks, fetched here where PyPI is reachable...
+## A GPU box without a package index (docs/gpu.md): the wheels it lacks, fetched where PyPI is reachable...
 gpu-wheels:
 	scripts/gpu_wheels.sh
 
-## ...and, there (no registry; its own python3 and torch), the GPU tests and benchmarks.
+## ...and, there (its own python3 and torch), the GPU benchmarks and tests: GPU_CHECK_ARGS="--out DIR".
 gpu-check:
 	python3 scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -70,28 +70,50 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_section(name: str, title: str, body: str, *, path: Path = BENCHMARKS_MD) -> None:
-    """Replace (or append) the section ``name`` of docs/benchmarks.md.
-
-    The section is stamped with the command, the machine and the date; other sections are kept.
-    """
+def render_section(name: str, title: str, body: str) -> str:
+    """The section ``name`` of docs/benchmarks.md, stamped with the command, machine and date."""
     stamp = (
         f"Command: `{command_line()}` (commit {git_revision()}, {time.strftime('%Y-%m-%d')})\n\n"
         f"Machine: {machine_description()}\n\n"
     )
-    section = f"<!-- BEGIN {name} -->\n## {title}\n\n{stamp}{body.strip()}\n<!-- END {name} -->\n"
+    return f"<!-- BEGIN {name} -->\n## {title}\n\n{stamp}{body.strip()}\n<!-- END {name} -->\n"
+
+
+def _section_pattern(name: str) -> re.Pattern:
+    return re.compile(
+        rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S
+    )
+
+
+def replace_section(name: str, section: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Put ``section`` (from :func:`render_section`) in place of ``name`` in ``path``, or append it;
+    other sections are kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text() if path.exists() else _HEADER
-        pattern = re.compile(
-            rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S
-        )
+        pattern = _section_pattern(name)
         if pattern.search(text):
             text = pattern.sub(lambda _: section, text)
         else:
             text = text.rstrip("\n") + "\n\n" + section
         path.write_text(text)
+
+
+def read_section(name: str, path: Path) -> str:
+    """The section ``name`` of ``path`` (markers included); ``ValueError`` if it has none."""
+    found = _section_pattern(name).search(path.read_text())
+    if not found:
+        raise ValueError(f"{path} has no section {name!r} (<!-- BEGIN {name} --> ... END).")
+    return found.group(0) if found.group(0).endswith("\n") else found.group(0) + "\n"
+
+
+def write_section(name: str, title: str, body: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section ``name`` of docs/benchmarks.md.
+
+    The section is stamped with the command, the machine and the date; other sections are kept.
+    """
+    replace_section(name, render_section(name, title, body), path=path)
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

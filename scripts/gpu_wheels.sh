@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Download the wheels `make gpu-check` installs on the lent GPU machine, into .gpu-wheels/.
+# Download the wheels `make gpu-check` installs on a GPU box without a package index, into
+# .gpu-wheels/.
 #
-# That machine has no package registry; it has its own python3 (3.12) with torch, numpy, packaging,
-# cloudpickle, typing-extensions, pyyaml, zipp, tqdm, pandas, matplotlib, tensorboard... (see
-# docs/gpu.md). What this project needs beyond those is listed below, pinned, and fetched with
-# --no-deps for that Python and x86-64 Linux; antlr4-python3-runtime has no wheel on PyPI (an
+# Such a box has its own python3 (3.12 by default here) with torch, numpy, packaging, cloudpickle,
+# typing-extensions, pyyaml, zipp... (see docs/gpu.md). What this project needs beyond those is
+# listed below, pinned, and fetched with --no-deps for that Python and x86-64 Linux; antlr4-python3-runtime has no wheel on PyPI (an
 # sdist only), so it is built here (pure Python). If a python of that version is found here, the
 # wheels are installed with --no-deps into a throwaway venv and `pip check` proves the list is
 # complete (the only missing requirements allowed are the machine's own packages).

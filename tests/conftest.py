@@ -39,7 +39,11 @@ def _deterministic():
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``slow`` tests unless asked for with ``-m slow`` (or ``-m "slow or not slow"``), and
-    ``gpu`` tests where torch sees no CUDA device."""
+    ``gpu`` tests where torch sees no CUDA device.
+
+    By marker, not ``item.keywords``: the keywords hold every parent node's name too, so a
+    checkout in a folder named ``gpu`` or ``slow`` would skip every test.
+    """
     if not torch.cuda.is_available():
         reason = (
             "gpu: no CUDA device (torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
@@ -47,12 +51,12 @@ def pytest_collection_modifyitems(config, items):
             "machine (docs/gpu.md)"
         )
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
     markexpr = config.getoption("-m") or ""
     if "slow" in markexpr:
         return
     skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
     for item in items:
-        if "slow" in item.keywords:
+        if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)

@@ -14,6 +14,7 @@ from torchrl.objectives import HardUpdate
 from torchrl_rise.modules import make_q_network
 from torchrl_rise.modules.networks import IQNNetworkBase
 from torchrl_rise.objectives import IQNLoss, quantile_huber_loss
+from torchrl_rise.replay import _torchrl_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
 
@@ -217,6 +218,12 @@ def test_hard_update_copies_online_into_target():
     )
 
 
+@pytest.mark.skipif(
+    _torchrl_adapter.native_trees() is None,
+    reason="TorchRL's own PER buffer needs its C++ segment trees, and this torchrl's extension did "
+    "not load (built for another torch); the replay's pure-torch tree is tested in "
+    "tests/test_replay_sum_tree.py",
+)
 def test_priorities_round_trip_through_torchrl_per():
     rb = TensorDictPrioritizedReplayBuffer(
         alpha=0.2, beta=0.4, storage=LazyTensorStorage(16), batch_size=4, priority_key="td_error"

@@ -261,7 +261,9 @@ def test_loss_forward_on_fake_cuda_tensors(tmp_path):
         td = batch.to(cuda)
         out = loss(td)
         assert out["loss"].device == cuda and td["td_error"].device == cuda
-        with pytest.raises(RuntimeError, match="same device"):
+        # torch's wording changes ("...on the same device..." in 2.15, "Unhandled FakeTensor
+        # Device Propagation ... found two different devices cpu, cuda:0" in 2.11): both name them
+        with pytest.raises(RuntimeError, match=r"cpu.*cuda:0|cuda:0.*cpu"):
             loss(batch.clone())  # a batch left on the CPU
 
 
@@ -279,29 +281,3 @@ def test_rise_window_check_reads_no_device_tensor():
     with FakeTensorMode(allow_non_fake_inputs=True):
         rolled, lengths = left_align_window(window.to(cuda), mask.to(cuda))
         assert rolled.device == cuda and lengths.device == cuda
-
-
-def test_gpu_check_dry_run(tmp_path):
-    """scripts/gpu_check.py's code path on the CPU with tiny sizes (the pytest stage aside: the
-    gpu tests themselves are collected, and skipped, by this suite)."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    report = tmp_path / "benchmarks.md"
-    rc = gpu_check.main(
-        ["--dry-run", "--skip-tests", "--out", str(tmp_path), "--report", str(report)]
-    )
-    assert rc == 0
-    text = report.read_text()
-    assert "<!-- BEGIN gpu -->" in text and "CPU (dry run)" in text
-    for needle in ("btr", "rise K=4", "recurrent_baseline", "h / 200M frames", "11.5"):
-        assert needle in text, needle
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["method"] for r in results["training"]] == ["rise", "btr"]
-    assert all(r["s_per_update"] > 0 for r in results["learner"])
-    assert results["sample"]["sample_ms"] > 0

@@ -85,7 +85,9 @@ _CHILD = textwrap.dedent(
 
 
 def test_resume_after_a_hard_crash_reclaims_the_scratch_dir(tmp_path, caplog):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    # Extend the parent's import path (it may hold the packages' folder), never replace it.
+    path = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(tmp_path)],
         stdin=subprocess.PIPE,
