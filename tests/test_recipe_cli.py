@@ -92,6 +92,7 @@ def test_check_yaml_files_names_file_line_and_column(tmp_path: Path) -> None:
     assert where == f"{tmp_path / 'sub' / 'bad.yaml'}:3:5"
     assert rest.startswith("YAML syntax error: expected ',' or ']'") and "line 2, column 15" in rest
     check_yaml_files([tmp_path / "ok.yaml", CONFIG_DIR])  # the shipped configs parse
+    check_yaml_files([tmp_path / "missing", tmp_path / "nope.yaml"])  # hydra reports those
 
 
 def _load_recipe(name: str):

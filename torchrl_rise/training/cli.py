@@ -81,7 +81,11 @@ def check_yaml_files(paths: Iterable[str | os.PathLike[str]]) -> None:
         files = sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
         for file in files:
             try:
-                for _ in yaml.compose_all(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader):
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # missing or unreadable: hydra reports it when (if) it reads the file
+            try:
+                for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
                     pass
             except yaml.MarkedYAMLError as err:
                 raise YAMLSyntaxError(_describe_yaml_error(file, err)) from err
