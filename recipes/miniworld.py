@@ -26,7 +26,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 # Set before anything imports pyglet; the env worker processes inherit it.
 os.environ.setdefault("PYGLET_HEADLESS", "true")
 
-import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from torchrl_rise.training import (  # noqa: E402
@@ -49,6 +48,7 @@ from torchrl_rise.training.builders import (  # noqa: E402
     make_env_factory,
     probe_env,
 )
+from torchrl_rise.training.cli import recipe_main  # noqa: E402
 from torchrl_rise.training.presets import register_presets  # noqa: E402
 
 register_configs()  # the TrainConfig dataclasses as `train_schema`, the base of miniworld.yaml
@@ -102,7 +102,7 @@ def assemble(cfg: TrainConfig) -> Assembly:
     )
 
 
-@hydra.main(config_path="config", config_name="miniworld", version_base="1.3")
+@recipe_main(config_name="miniworld")  # hydra.main + one-line config errors (docs/training.md)
 def main(dict_cfg: DictConfig) -> None:
     cfg = load_config(dict_cfg)  # the validated TrainConfig
     trainer = Trainer.from_components(cfg, assemble(cfg))

@@ -155,7 +155,7 @@ def test_encoders_are_frozen_and_stay_in_eval_mode(resnet: FrozenEncoder) -> Non
     assert not resnet.training and parent["head"].training
     bn = resnet.backbone.bn1
     before = (bn.running_mean.clone(), bn.num_batches_tracked.clone())
-    x = _pixels(3).float().requires_grad_()
+    x = _pixels(3).float().div(255).requires_grad_()
     out = resnet(x)
     assert not out.requires_grad  # no autograd through the encoder, even for inputs needing grad
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(

@@ -10,7 +10,8 @@ Build one by name with :func:`make_encoder`; :func:`available_encoders` lists th
 - ``online``: the agent's own learnable CNN used without gradient (stale-embedding ablation).
 
 Every encoder is a :class:`FrozenEncoder`: ``enc(pixels)`` maps uint8/float ``[..., S*C, H, W]`` to
-float32 ``[..., D]`` without autograd; ``enc.embedding_dim``, ``enc.weights_source`` and
+float32 ``[..., D]`` without autograd (float pixels outside ``[0, 1]`` or a layout that does not
+match ``channels_last`` raise :class:`PixelFormatError`); ``enc.embedding_dim``, ``enc.weights_source`` and
 ``enc.describe()`` say what it is.
 
 Example:
@@ -27,6 +28,7 @@ from torchrl_rise.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FrozenEncoder,
+    PixelFormatError,
     PixelPreprocessor,
     available_encoders,
     make_encoder,
@@ -49,6 +51,7 @@ __all__ = [
     "DownsampleEncoder",
     "FrozenEncoder",
     "OnlineEncoder",
+    "PixelFormatError",
     "PixelPreprocessor",
     "RandomProjectionEncoder",
     "TorchvisionEncoder",

@@ -21,6 +21,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "FrozenEncoder",
+    "PixelFormatError",
     "PixelPreprocessor",
     "available_encoders",
     "check_weight_free",
@@ -32,6 +33,16 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: float pixels may exceed ``[0, 1]`` by this much (interpolation rounding) before they are refused
+FLOAT_RANGE_TOLERANCE = 0.01
+#: on an accelerator, the value range of float pixels is checked on this many first batches only
+#: (each check is one host sync); on the CPU every batch is checked
+ACCELERATOR_RANGE_CHECKS = 8
+
+
+class PixelFormatError(ValueError):
+    """Pixels whose layout or value range does not match what the encoder was built for."""
 
 
 def _as_size(size: int | Sequence[int] | None, *, what: str) -> tuple[int, int] | None:
@@ -52,6 +63,14 @@ class PixelPreprocessor(nn.Module):
     (``frame_index``), scale (uint8 ``/ 255``; floating input is taken to be in ``[0, 1]``, TorchRL's
     ``ToTensorImage`` convention), area-resize (bilinear when upsampling), replicate a grayscale
     frame to 3 channels (``to_rgb``), ImageNet-normalise.
+
+    Input contract (checked by :meth:`select`, with a :class:`PixelFormatError` naming the fix):
+    the layout must match ``channels_last`` (an image narrower than 5 pixels, or with at least as
+    many channels as pixels on its longer side, is taken as the other layout and refused), and
+    float pixels must lie in ``[0, 1]`` (up to ``FLOAT_RANGE_TOLERANCE``). The shape and dtype are
+    checked on every batch; the value range on every CPU batch and on the first
+    ``ACCELERATOR_RANGE_CHECKS`` batches on an accelerator (one host sync each, none after). The
+    range is not checked with ``convert=False`` (the module scales its own input).
 
     Args:
         frame_channels: channels ``C`` of one frame; the observation holds ``S * C`` channels.
@@ -109,6 +128,7 @@ class PixelPreprocessor(nn.Module):
             raise ValueError("convert=False keeps the raw pixels: to_rgb/resize/normalize need it.")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        self._accelerator_range_checks = 0
 
     def output_channels(self, stacked_channels: int | None = None) -> int:
         """Channels of the preprocessed image (``stacked_channels`` needed if ``frame_index=None``)."""
@@ -135,15 +155,9 @@ class PixelPreprocessor(nn.Module):
                 f"pixels must be uint8 (0..255) or floating point (0..1), got {pixels.dtype}; "
                 "convert them first (e.g. with TorchRL's ToTensorImage)."
             )
+        self.check_layout(pixels.shape[1:])
         x = pixels.permute(0, 3, 1, 2) if self.channels_last else pixels
         channels = x.shape[1]
-        if channels % self.frame_channels:
-            layout = "[..., H, W, S*C]" if self.channels_last else "[..., S*C, H, W]"
-            raise ValueError(
-                f"the observation has {channels} channels, not a multiple of frame_channels="
-                f"{self.frame_channels} (expected layout {layout}; set channels_last=True for "
-                "channels-last images, or fix frame_channels)."
-            )
         if self.frame_index is not None:
             n_frames = channels // self.frame_channels
             if not -n_frames <= self.frame_index < n_frames:
@@ -153,7 +167,72 @@ class PixelPreprocessor(nn.Module):
                 )
             start = (self.frame_index % n_frames) * self.frame_channels
             x = x[:, start : start + self.frame_channels]
+        self._check_range(x)
         return x
+
+    def check_layout(self, shape: Sequence[int]) -> None:
+        """Refuse one observation's ``shape`` (3 dims) if it does not fit the configured layout.
+
+        Raises:
+            PixelFormatError: the channels are not a multiple of ``frame_channels``, or the shape
+                looks like the other layout (channels-last without ``channels_last=True``, or the
+                reverse), with the option that fixes it.
+
+        Example:
+            >>> pre = PixelPreprocessor(frame_channels=3)
+            >>> pre.check_layout((12, 84, 84))  # four RGB frames, channels first: fine
+            >>> try:
+            ...     pre.check_layout((84, 84, 3))
+            ... except PixelFormatError as err:
+            ...     print(str(err)[:46])
+            pixels of shape (84, 84, 3) look channels-last
+        """
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3:
+            raise PixelFormatError(f"expected one [S*C, H, W] image stack, got shape {shape}.")
+        if self.channels_last:
+            h, w, channels = shape
+            layout, flag = "[..., H, W, S*C]", "channels_last=True"
+        else:
+            channels, h, w = shape
+            layout, flag = "[..., S*C, H, W]", "channels_last=False"
+        if min(h, w) <= 4 < channels or channels >= max(h, w) > 4:
+            other = "channels-first" if self.channels_last else "channels-last"
+            fix = (
+                "pass channels_last=False (config: drop encoder.kwargs.channels_last), or permute "
+                "the pixels to channels-last"
+                if self.channels_last
+                else "pass channels_last=True (config: encoder.kwargs.channels_last=true), or "
+                "move the channels first (TorchRL's ToTensorImage)"
+            )
+            raise PixelFormatError(
+                f"pixels of shape {shape} look {other}: with {flag} the encoder reads them as "
+                f"{layout}, i.e. {channels // self.frame_channels or channels} frame(s) of "
+                f"{h}x{w} pixels; {fix}."
+            )
+        if channels % self.frame_channels:
+            raise PixelFormatError(
+                f"the observation has {channels} channels, not a multiple of frame_channels="
+                f"{self.frame_channels} (expected layout {layout}; set channels_last=True for "
+                "channels-last images, or fix frame_channels)."
+            )
+
+    def _check_range(self, x: torch.Tensor) -> None:
+        """Refuse float frames outside ``[0, 1]`` (see the class docstring for when it runs)."""
+        if not self.convert or not x.is_floating_point() or x.numel() == 0:
+            return
+        if x.device.type != "cpu":
+            if self._accelerator_range_checks >= ACCELERATOR_RANGE_CHECKS:
+                return
+            self._accelerator_range_checks += 1
+        low, high = (float(v) for v in torch.aminmax(x))
+        if low < -FLOAT_RANGE_TOLERANCE or high > 1.0 + FLOAT_RANGE_TOLERANCE:
+            hint = "divide them by 255" if high > 2.0 else "clamp or rescale them to [0, 1]"
+            raise PixelFormatError(
+                f"float pixels must lie in [0, 1] (TorchRL's ToTensorImage convention), got values "
+                f"in [{low:g}, {high:g}]: {hint} (ToTensorImage(from_int=True) does), or pass the "
+                "uint8 frames (0..255) unchanged, which the encoder scales itself."
+            )
 
     def convert_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The second step, on the encoder's device: scale, resize, to RGB, normalise."""

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ __all__ = [
     "ReplayConfig",
     "TrainConfig",
     "check_disk_space",
+    "free_form_keys",
     "load_config",
     "register_configs",
+    "schema_node",
     "suite_frame_skip",
     "validate_config",
 ]
@@ -383,7 +386,41 @@ def register_configs() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema_node())
+
+
+def free_form_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of the config's free-form ``dict[str, Any]`` options (``network.kwargs``...).
+
+    Example:
+        >>> "collector.ray_remote" in free_form_keys() and "network.kwargs" in free_form_keys()
+        True
+    """
+    hints = typing.get_type_hints(schema)
+    found = []
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            found += free_form_keys(hint, f"{prefix}{f.name}.")
+        elif typing.get_origin(hint) is dict:
+            found.append(f"{prefix}{f.name}")
+    return found
+
+
+def schema_node() -> Any:
+    """:class:`TrainConfig` as an OmegaConf node whose free-form dicts accept new keys.
+
+    Hydra puts the composed config in struct mode, so ``collector.ray_remote={num_cpus: 2}`` on
+    the command line would fail with "Key 'num_cpus' is not in struct" for a dict that is empty
+    in the schema; the dicts of :func:`free_form_keys` are opened here, once, for every recipe and
+    ``compose()`` call. The typed fields (and the dataclass sections) keep rejecting unknown keys.
+    """
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(TrainConfig)
+    for key in free_form_keys():
+        OmegaConf.set_struct(OmegaConf.select(node, key), False)
+    return node
 
 
 def load_config(cfg: Any = None, **overrides: Any) -> TrainConfig:

@@ -15,7 +15,12 @@ from torchrl.envs.transforms import Transform
 from torchrl.envs.transforms.utils import _get_reset
 
 from torchrl_rise import keys
-from torchrl_rise.encoders.base import FrozenEncoder
+from torchrl_rise.encoders.base import (
+    FLOAT_RANGE_TOLERANCE,
+    FrozenEncoder,
+    PixelFormatError,
+    PixelPreprocessor,
+)
 
 __all__ = ["RiseContextTransform"]
 
@@ -302,14 +307,9 @@ class RiseContextTransform(Transform):
                 f"{in_key!r} must be one image stack per env ([S*C, H, W] or [H, W, S*C]), got "
                 f"shape {tuple(obs_shape)} after the batch dims {tuple(batch)}."
             )
-        pre = getattr(self.encoder, "preprocessor", None)
-        if pre is not None:
-            channels = obs_shape[-1] if pre.channels_last else obs_shape[0]
-            if channels % pre.frame_channels:
-                raise ValueError(
-                    f"{in_key!r} has {channels} channels, not a multiple of the encoder's "
-                    f"frame_channels={pre.frame_channels} (1 for grayscale, 3 for RGB frames)."
-                )
+        _check_pixel_spec(
+            pixel_spec, obs_shape, getattr(self.encoder, "preprocessor", None), in_key
+        )
         device = pixel_spec.device
         d = self.embedding_dim
         observation_spec[self.out_keys[0]] = Unbounded(
@@ -330,4 +330,40 @@ class RiseContextTransform(Transform):
             f"{type(self).__name__}(encoder={self.encoder.name!r}, embedding_dim="
             f"{self.embedding_dim}, in_keys={self.in_keys}, out_keys={self.out_keys}, "
             f"context_length={self.context_length}, embedding_dtype={self.embedding_dtype})"
+        )
+
+
+def _check_pixel_spec(
+    spec: Any, obs_shape: Sequence[int], pre: PixelPreprocessor | None, in_key: NestedKey
+) -> None:
+    """Refuse, when the env is built, pixels whose spec cannot fit the encoder's input contract.
+
+    The layout must match the preprocessor's ``frame_channels``/``channels_last``, and a float
+    spec must not declare values above 1 (e.g. uint8 pixels cast to float without ``/ 255``).
+    """
+    if pre is None:
+        return
+    channels = obs_shape[-1] if pre.channels_last else obs_shape[0]
+    if channels % pre.frame_channels:
+        raise PixelFormatError(
+            f"{in_key!r} has {channels} channels, not a multiple of the encoder's "
+            f"frame_channels={pre.frame_channels} (1 for grayscale, 3 for RGB frames)."
+        )
+    try:
+        pre.check_layout(obs_shape)
+    except PixelFormatError as err:
+        raise PixelFormatError(f"{in_key!r} (from the observation spec): {err}") from None
+    high = getattr(spec, "high", None)
+    if (
+        pre.convert
+        and spec.dtype.is_floating_point
+        and isinstance(high, torch.Tensor)
+        and high.numel()
+        and float(high.max()) > 1.0 + FLOAT_RANGE_TOLERANCE
+    ):
+        raise PixelFormatError(
+            f"{in_key!r} is a float spec with values up to {float(high.max()):g}, but float "
+            "pixels must lie in [0, 1] (TorchRL's ToTensorImage convention): divide them by 255 "
+            "(ToTensorImage(from_int=True) does), or keep the uint8 frames, which the encoder "
+            "scales itself."
         )
