@@ -5,6 +5,11 @@ worker processes. One worker is killed ``-9`` mid-run (the run must rebuild the 
 finish with exact counters), or stopped with SIGSTOP so that the trainer blocks waiting on it
 (a SIGTERM must still end the run, bounded, with a checkpoint). Before supervision both hung
 forever. The timeouts below only turn such a hang into a failure.
+
+The Ray tests run in this process on a local cluster (2 CPUs, no dashboard, skipped without ray)
+and kill one ``RemoteCollector`` actor's process ``-9`` right before a weight push, after the
+step's extend and updates: the run rebuilds the collector, or with ``collector.max_restarts=0``
+fails with a crash checkpoint holding that step.
 """
 
 from __future__ import annotations
@@ -249,7 +254,6 @@ def _ray_trainer(tmp_path: Path, total: int, *extra: str):
     return Trainer(cfg)
 
 
-@pytest.mark.slow
 def test_a_killed_ray_actor_is_replaced_and_the_run_finishes_with_exact_counters(
     tmp_path, ray_cluster, monkeypatch
 ):
