@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "LaneOrderedCollector",
     "RemoteCollector",
     "acting_copy",
+    "is_worker_loss",
 ]
 
 # Entries of a collector batch that neither the replay nor the loop reads: the [K, D] context
@@ -221,6 +223,7 @@ class LaneOrderedCollector:
         )
         self.sync_requests = 0
         self.weight_pushes = 0
+        self._ray_probes: dict[int, Any] = {}  # worker -> its pending liveness probe
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         for batch in self.collector:
@@ -258,6 +261,63 @@ class LaneOrderedCollector:
         """Stop the workers (and, for Ray, the runtime this collector started)."""
         self.collector.shutdown()
 
+    def worker_failure(self) -> str | None:
+        """Which worker process has died, if one has (``None``: all alive, or not knowable).
+
+        ``MultiSyncCollector``: its worker processes (``procs``). Ray: one pending
+        ``__ray_ready__`` call per actor, which fails once Ray knows the actor died (a busy
+        actor answers it after its current task; a call stuck on a dead peer, e.g. in the weight
+        sync's collective, is thus noticed too).
+        """
+        actors = getattr(self.collector, "remote_collectors", None)
+        if actors and "ray" in sys.modules:
+            return self._ray_failure(list(actors))
+        for i, proc in enumerate(getattr(self.collector, "procs", None) or ()):
+            try:
+                if not proc.is_alive():
+                    return f"collector worker {i} (pid {proc.pid}, exit code {proc.exitcode})"
+            except ValueError:  # closed by TorchRL after it saw a worker fail
+                return f"collector worker {i} (pid {proc.pid}, closed)"
+        return None
+
+    def _ray_failure(self, actors: list[Any]) -> str | None:
+        import ray
+
+        for i, actor in enumerate(actors):
+            probe = self._ray_probes.get(i)
+            if probe is None:
+                probe = self._ray_probes[i] = actor.__ray_ready__.remote()
+            ready, _ = ray.wait([probe], timeout=0)
+            if not ready:
+                continue
+            del self._ray_probes[i]
+            try:
+                ray.get(probe, timeout=0)
+            except Exception as err:
+                if is_worker_loss(err):
+                    return f"Ray collector actor {i} ({type(err).__name__})"
+        return None
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker that is still running (after a shutdown that did not end them)."""
+        for proc in getattr(self.collector, "procs", None) or ():
+            try:
+                if proc.is_alive():
+                    logger.warning("killing collector worker pid %d", proc.pid)
+                    proc.kill()
+                    proc.join(timeout=5.0)
+            except (ValueError, OSError):  # closed or already reaped
+                pass
+        actors = getattr(self.collector, "remote_collectors", None)
+        if actors and "ray" in sys.modules:
+            import ray
+
+            for actor in list(actors):
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as err:
+                    logger.debug("ray.kill of a collector actor: %s", err)
+
     def __getattr__(self, name: str) -> Any:
         # Anything else the loop or a user asks of a collector (state_dict, set_seed, ...).
         if name == "collector":  # not set yet (during unpickling): avoid recursing
@@ -269,6 +329,36 @@ class LaneOrderedCollector:
             f"{type(self).__name__}({type(self.collector).__name__}, num_envs={self.num_envs}, "
             f"weight_sync_interval={self.weight_sync_interval})"
         )
+
+
+def is_worker_loss(error: BaseException) -> bool:
+    """Whether ``error`` says a collector worker is gone (Ray: a dead actor, node or object).
+
+    An exception an env or policy raised inside a worker is not (Ray wraps those in
+    ``RayTaskError``): replacing the worker would only repeat it.
+
+    Example:
+        >>> is_worker_loss(ValueError("a bug"))
+        False
+    """
+    if "ray" not in sys.modules:
+        return False
+    try:
+        from ray import exceptions as rex
+    except ImportError:
+        return False
+    lost = tuple(
+        getattr(rex, name)
+        for name in (
+            "RayActorError",  # ActorDiedError, ActorUnavailableError
+            "WorkerCrashedError",
+            "NodeDiedError",
+            "ObjectLostError",  # OwnerDiedError, ObjectReconstructionFailedError
+            "GetTimeoutError",
+        )
+        if hasattr(rex, name)
+    )
+    return isinstance(error, lost)
 
 
 class DropKeys:

@@ -265,6 +265,13 @@ class CollectorConfig:
         ray_remote: per-actor resources (``num_cpus``, ``num_gpus``, ``memory``; empty: one CPU,
             no GPU). The remote collectors' policy runs on ``device`` when ``num_gpus`` is set,
             on the CPU otherwise.
+        timeout_s: ``multi_sync`` and ``ray``: the longest the loop waits for a batch or a
+            weight push before it treats the workers as lost (``null``: no bound). A dead
+            worker is noticed within a fraction of a second whatever this is
+            (:mod:`torchrl_rise.training.supervision`).
+        max_restarts: ``multi_sync`` and ``ray``: how many times a run (per start) rebuilds
+            the collector after a worker died or hung; one more loss fails the run with a crash
+            checkpoint. ``0``: the first loss fails the run.
     """
 
     backend: str = "direct"
@@ -274,6 +281,8 @@ class CollectorConfig:
     overlap: bool = False
     ray_init: dict[str, Any] = field(default_factory=dict)
     ray_remote: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = 300.0
+    max_restarts: int = 3
 
 
 @dataclass
@@ -586,6 +595,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _positive(co.num_workers, "collector.num_workers")
     _positive(co.steps_per_batch, "collector.steps_per_batch")
     _positive(co.weight_sync_interval, "collector.weight_sync_interval")
+    if co.timeout_s is not None:
+        _positive(co.timeout_s, "collector.timeout_s (null: no bound)")
+    _positive(co.max_restarts, "collector.max_restarts", allow_zero=True)
     if co.backend == "direct" and co.weight_sync_interval != 1:
         raise ConfigError(
             f"collector.weight_sync_interval={co.weight_sync_interval} has no effect with "

@@ -79,6 +79,7 @@ from torchrl_rise.training.replay_snapshots import dump_replay, load_replay
 from torchrl_rise.training.resume import check_resume, plain_config, record_config, trained_config
 from torchrl_rise.training.rundir import RUN_MARKERS, no_checkpoint_message, prepare_run_dir
 from torchrl_rise.training.summary import make_summary, write_summary
+from torchrl_rise.training.supervision import keep_signal_handlers, kill_all_workers, supervise
 
 __all__ = [
     "STATE_FORMAT",
@@ -115,7 +116,10 @@ class Counters:
     """What a run has done so far (saved in every checkpoint, reported in ``summary.json``).
 
     ``frames`` counts simulator frames (agent steps x the env's frame skip), ``env_steps`` the
-    transitions stored, ``updates`` the gradient steps, ``iterations`` the collector batches.
+    transitions stored, ``updates`` the gradient steps, ``iterations`` the collector batches
+    (all four only of batches stored in the replay). ``worker_restarts`` counts the collector
+    rebuilds after a lost worker, ``lost_batches`` the batches in flight they dropped (never in
+    the other counters; :mod:`~torchrl_rise.training.supervision`).
     """
 
     frames: int = 0
@@ -124,6 +128,8 @@ class Counters:
     episodes: int = 0
     iterations: int = 0
     walltime_s: float = 0.0
+    worker_restarts: int = 0
+    lost_batches: int = 0
 
 
 @dataclass
@@ -302,6 +308,7 @@ class Trainer:
                 self.request_stop(name)
             else:
                 os.write(2, f"third signal ({name}): exiting now, without saving\n".encode())
+                kill_all_workers()  # no orphaned collector workers
                 os._exit(128 + signum)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -808,13 +815,23 @@ class Trainer:
             self.schedule.next_checkpoint = cfg.checkpoint.interval_frames
             self.schedule.next_log = cfg.logging.interval_frames
         self._iterations_at_start = int(self.counters.iterations)
-        # Workers inherit an ignored SIGINT, so Ctrl-C reaches only this process, which stops
-        # cleanly and then shuts the workers down.
-        with _ignore_sigint():
-            collector = assembly.make_collector(
-                # a resumed run must not replay the episodes it already saw
-                seed=cfg.seed + 7919 * self.counters.iterations
-            )
+
+        def make_collector():
+            # Workers inherit an ignored SIGINT, so Ctrl-C reaches only this process, which
+            # stops cleanly and then shuts the workers down; ray.init's handlers are undone.
+            with keep_signal_handlers(), _ignore_sigint():
+                c = self.counters  # resumed or rebuilt: not the episodes it already saw
+                return assembly.make_collector(
+                    seed=cfg.seed + 7919 * c.iterations + 7907 * c.worker_restarts
+                )
+
+        # multi_sync / ray: bounded waits, lost workers replaced (training/supervision.py)
+        collector = supervise(
+            cfg.collector,
+            make_collector,
+            should_stop=lambda: self.stopping,
+            on_restart=self._worker_restarted,
+        )
         collecting.callback(_quietly, collector.shutdown)
         if cfg.collector.overlap and not isinstance(collector, OverlappedCollector):
             raise ConfigError(
@@ -827,6 +844,12 @@ class Trainer:
         # themselves; the learner's share is ours to choose.
         torch.set_num_threads(self._num_threads)
         return collector
+
+    def _worker_restarted(self, lost_batch: bool) -> None:
+        """The collector was rebuilt: count it; its envs start fresh episodes in every lane."""
+        self.counters.worker_restarts += 1
+        self.counters.lost_batches += int(lost_batch)
+        self.components.replay.close_open_episodes()
 
     @property
     def _started(self) -> bool:
@@ -1012,6 +1035,7 @@ class Trainer:
                 c.iterations += 1
                 explore.step(steps * frame_skip)
 
+                n_updates = 0
                 if c.env_steps >= cfg.replay.learning_starts:
                     sch.update_credit += steps / num_envs * cfg.optim.updates_per_vector_step
                     n_updates = int(sch.update_credit)
@@ -1019,11 +1043,13 @@ class Trainer:
                     if n_updates:
                         learner.update(n_updates)  # resamples the noise, too
                         c.updates += n_updates
-                        if overlapped is None:
-                            collector.update_policy_weights_()
                 else:
                     resample_noise(comps.net)  # fresh acting noise while the buffer fills
+                # Replay, weights and counters agree from here on: a failed weight push below
+                # still gets a crash checkpoint.
                 self._consistent = True
+                if n_updates and overlapped is None:
+                    collector.update_policy_weights_()
                 if overlapped is not None:
                     # weights, noise and eps all changed: the thread's next batch acts with them
                     overlapped.update_policy_weights_()
