@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_rise import keys
+from torchrl_rise._fileio import CheckpointCorruptError
 from torchrl_rise.replay import InsufficientDiskSpaceError, RiseReplayBuffer
 from torchrl_rise.replay import buffer as buffer_module
 
@@ -79,11 +80,16 @@ def test_resume_samples_exactly_the_same(tmp_path, mode):
     if mode == "moved":  # the run directory moves as a whole: the store is found relative to it
         shutil.move(tmp_path / "run", tmp_path / "moved")
         ckpt = tmp_path / "moved" / "ckpt"
-    if mode == "dump_moved":  # the dump alone moves: the store is found where it was
+    resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=tmp_path / "s2", seed=99)  # seed restored
+    if mode == "dump_moved":  # the dump alone moves: it names its store only relative to itself
         shutil.move(tmp_path / "run" / "ckpt", tmp_path / "elsewhere" / "deeper" / "ckpt")
         ckpt = tmp_path / "elsewhere" / "deeper" / "ckpt"
-    resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=tmp_path / "s2", seed=99)  # seed restored
-    resumed.loads(ckpt)
+        with pytest.raises(CheckpointCorruptError, match="missing"):
+            resumed.loads(ckpt)
+        resumed = make_rb(tmp_path, alpha=0.6, scratch_dir=tmp_path / "s3", seed=99)
+        resumed.loads(ckpt, chunk_store=store)  # so its store is named
+    else:
+        resumed.loads(ckpt)
     assert len(resumed) == len(rb)
     assert torch.equal(resumed.sampleable_index(), rb.sampleable_index())
     for i in range(3):

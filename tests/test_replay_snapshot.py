@@ -277,7 +277,7 @@ def test_incremental_dumps_are_exact(tmp_path):
 
     def dump(k):
         stats = rb.dumps(tmp_path / f"inc{k}", chunk_store=store)
-        rb.dumps(tmp_path / f"full{k}")
+        full = rb.dumps(tmp_path / f"full{k}")
         moments.append(k)
         return stats, full
 
