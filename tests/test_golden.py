@@ -60,6 +60,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_fault_injection import _memory_suite_available
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 METHODS = ("rise", "btr", "recurrent")
@@ -421,16 +423,6 @@ def environment_mismatch(golden: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the tests
-
-
-def _memory_suite_available() -> bool:
-    try:
-        from torchrl_rise.envs import make_env
-
-        make_env("memory", "cue-L2", num_envs=1).close()
-    except Exception:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not _memory_suite_available(), reason="the memory suite is not available")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tests.test_fault_injection import _memory_suite_available
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, train
 from torchrl_rise.training.checkpoint import RunInUseError, RunLock
 from torchrl_rise.training.loop import DiskFullError
@@ -30,16 +31,6 @@ SHORT = [
     "replay.batch_size=8",
     "method=rise",
 ]
-
-
-def _memory_suite_available() -> bool:
-    try:
-        from torchrl_rise.envs import make_env
-
-        make_env("memory", "cue-L2", num_envs=1).close()
-    except Exception:
-        return False
-    return True
 
 
 pytestmark = pytest.mark.skipif(

@@ -213,6 +213,19 @@ def _single_env(
     )
 
 
+def _mortar_mayhem_flag(kwargs: dict[str, Any], name: str, env_id: str, lacks: str) -> bool:
+    """A true/false suite option that only the Mortar Mayhem tasks support."""
+    value = kwargs.get(name, False)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}.")
+    if value and not env_id.startswith("MortarMayhem"):
+        raise ValueError(
+            f"{name}: {env_id!r} {lacks} (only the MortarMayhem tasks do); leave {name} unset "
+            "for it."
+        )
+    return value
+
+
 def build(
     env_id: str,
     *,
@@ -259,22 +272,10 @@ def build(
             f"reset_params must be a dict of Memory Gym reset parameters, got {reset_params!r}; "
             "e.g. {'command_count': [1]}."
         )
-    crop_to_arena = kwargs.get("crop_to_arena", False)
-    if not isinstance(crop_to_arena, bool):
-        raise TypeError(f"crop_to_arena must be true or false, got {crop_to_arena!r}.")
-    if crop_to_arena and not env_id.startswith("MortarMayhem"):
-        raise ValueError(
-            f"crop_to_arena: {env_id!r} draws no arena to crop to (only the MortarMayhem tasks "
-            "do); leave crop_to_arena unset for it."
-        )
-    expose_cue = kwargs.get("expose_cue", False)
-    if not isinstance(expose_cue, bool):
-        raise TypeError(f"expose_cue must be true or false, got {expose_cue!r}.")
-    if expose_cue and not env_id.startswith("MortarMayhem"):
-        raise ValueError(
-            f"expose_cue: {env_id!r} shows no command to remember (only the MortarMayhem tasks "
-            "do); leave expose_cue unset for it."
-        )
+    crop_to_arena = _mortar_mayhem_flag(
+        kwargs, "crop_to_arena", env_id, "draws no arena to crop to"
+    )
+    expose_cue = _mortar_mayhem_flag(kwargs, "expose_cue", env_id, "shows no command to remember")
     check_positive("max_episode_frames", max_episode_frames, allow_none=True)
     make_one = functools.partial(
         _single_env,
