@@ -55,6 +55,7 @@ from torchrl_rise.evaluation.report import (  # noqa: E402
     is_run_complete,
     load_run,
 )
+from torchrl_rise.evaluation.runs import export_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("local", "hydra", "ray", "report")
@@ -311,11 +312,35 @@ def _prepare(cfg: DictConfig, cell: Cell, output_dir: Path) -> tuple[list[str], 
     return cell_command(cfg, cell, run_dir), run_dir
 
 
+def publish_dir(cfg: DictConfig) -> Path | None:
+    """``cfg.publish_dir`` resolved, or ``None`` when results stay in the output directory."""
+    return None if cfg.get("publish_dir") is None else Path(cfg.publish_dir).expanduser().resolve()
+
+
+def publish(cfg: DictConfig, cell: Cell, output_dir: Path) -> None:
+    """Copy a finished cell's results to ``publish_dir`` (if set and not there yet)."""
+    target = publish_dir(cfg)
+    if target is None or is_run_complete(cell.run_dir(target)):
+        return
+    export_run(cell.run_dir(output_dir), cell.run_dir(target), root=output_dir)
+    logger.info("published %s to %s", cell.label, cell.run_dir(target))
+
+
+def is_finished(cfg: DictConfig, cell: Cell, output_dir: Path) -> bool:
+    """A finished run in the output directory, or its published copy (a fresh clone's grid)."""
+    target = publish_dir(cfg)
+    return is_run_complete(cell.run_dir(output_dir)) or (
+        target is not None and is_run_complete(cell.run_dir(target))
+    )
+
+
 def run_cell(cfg: DictConfig, cell: Cell, output_dir: Path) -> bool:
     """Run one cell unless it is already finished; whether it is finished afterwards."""
     run_dir = cell.run_dir(output_dir)
-    if is_run_complete(run_dir):
+    if is_finished(cfg, cell, output_dir):
         logger.info("skip %s: finished run in %s", cell.label, run_dir)
+        if is_run_complete(run_dir):
+            publish(cfg, cell, output_dir)
         return True
     args, run_dir = _prepare(cfg, cell, output_dir)
     logger.info("run %s", cell.label)
@@ -324,6 +349,7 @@ def run_cell(cfg: DictConfig, cell: Cell, output_dir: Path) -> bool:
     done = is_run_complete(run_dir)
     if done:
         logger.info("done %s in %.1f s", cell.label, time.perf_counter() - start)
+        publish(cfg, cell, output_dir)
     else:
         logger.error(
             "%s failed (exit code %d, no finished summary.json); see %s",
@@ -390,15 +416,20 @@ def run_ray(cfg: DictConfig, cells: Sequence[Cell], output_dir: Path) -> None:
     env_vars = _plain(cfg.env_vars) or {}
     refs = []
     for cell in cells:
-        if is_run_complete(cell.run_dir(output_dir)):
+        if is_finished(cfg, cell, output_dir):
             continue
         args, run_dir = _prepare(cfg, cell, output_dir)
         refs.append(remote.remote(args, str(run_dir), env_vars, cfg.run_timeout_s))
     logger.info("submitted %d runs to Ray", len(refs))
     ray.get(refs)
+    for cell in cells:
+        if is_run_complete(cell.run_dir(output_dir)):
+            publish(cfg, cell, output_dir)
 
 
 def make_report(cfg: DictConfig, grid: Sequence[Cell], output_dir: Path) -> Path | None:
+    """The report of the finished runs: from the published copies when ``publish_dir`` is set."""
+    output_dir = publish_dir(cfg) or output_dir
     finished = [c for c in grid if is_run_complete(c.run_dir(output_dir))]
     missing = [c.label for c in grid if c not in finished]
     if not finished:
@@ -425,6 +456,7 @@ def make_report(cfg: DictConfig, grid: Sequence[Cell], output_dir: Path) -> Path
         confidence=float(rc.confidence),
         seed=int(rc.seed),
         missing=missing,
+        root=output_dir,
     )
     logger.info("report: %s", report.markdown)
     return report.markdown
@@ -459,7 +491,7 @@ def run_grid(cfg: DictConfig) -> int:
     name = cfg.launcher.name
     if name not in LAUNCHERS:
         raise GridConfigError(f"launcher.name must be one of {LAUNCHERS}, got {name!r}.")
-    pending = [c for c in grid if not is_run_complete(c.run_dir(output_dir))]
+    pending = [c for c in grid if not is_finished(cfg, c, output_dir)]
     if pending and name != "report":
         check_commands(cfg, pending, output_dir)
     logger.info(
@@ -478,7 +510,7 @@ def run_grid(cfg: DictConfig) -> int:
         run_ray(cfg, pending, output_dir)
     if cfg.report.enabled:
         make_report(cfg, grid, output_dir)
-    unfinished = [c for c in grid if not is_run_complete(c.run_dir(output_dir))]
+    unfinished = [c for c in grid if not is_finished(cfg, c, output_dir)]
     if unfinished and name != "report":
         logger.error(
             "%d of %d runs did not finish: %s",

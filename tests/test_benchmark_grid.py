@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from torchrl_rise.evaluation import build_report, is_run_complete
+from torchrl_rise.evaluation.runs import EXPORTED_FILES, export_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +60,7 @@ FAKE_RECIPE = textwrap.dedent(
         w.writeheader()
         w.writerows(evals)
     summary = {"status": "finished", "method": args["method"], "suite": "memory",
+               "run_dir": str(run_dir), "config": {"logging": {"run_dir": str(run_dir)}},
                "env_id": args["env.env_id"], "seed": seed, "frames": 3000, "updates": 30,
                "walltime_s": 2.0 if args["method"] == "btr" else 3.0,
                "extra": args.get("extra"),
@@ -184,6 +187,43 @@ def test_local_grid_runs_reports_and_resumes(tmp_path, fake_recipe):
     # everything finished: nothing is run again
     assert benchmark.run_grid(cfg) == 0
     assert len(_calls(calls)) == len(grid) + 1
+
+
+def test_published_results_rebuild_the_report_without_the_runs(tmp_path, fake_recipe):
+    """publish_dir: each finished run is copied as it lands (no machine paths in the copies), and
+    the report rebuilds from the copies alone, with the same numbers."""
+    script, _ = fake_recipe
+    docs = tmp_path / "docs" / "grid"
+    cfg = _cfg(tmp_path, script, "suites={memory: [cue-L4]}", "seeds=[0,1]", f"publish_dir={docs}")
+    assert benchmark.run_grid(cfg) == 0
+    out = tmp_path / "grid"
+    for cell in benchmark.build_grid(cfg):
+        copy = cell.run_dir(docs)
+        assert sorted(p.name for p in copy.iterdir()) == sorted(EXPORTED_FILES)
+        summary = (copy / "summary.json").read_text()
+        assert str(tmp_path) not in summary
+        assert json.loads(summary)["run_dir"] == str(cell.run_dir(out).relative_to(out))
+    runs_csv = (docs / "report" / "runs.csv").read_text()
+    assert str(tmp_path) not in runs_csv and "runs/memory/cue-L4/rise/seed0" in runs_csv
+    before = json.loads((docs / "report" / "aggregates.json").read_text())
+    shutil.rmtree(out)  # a fresh clone: only what was committed
+    rebuilt = _cfg(
+        tmp_path,
+        script,
+        "suites={memory: [cue-L4]}",
+        "seeds=[0,1]",
+        f"publish_dir={docs}",
+        "launcher.name=report",
+    )
+    assert benchmark.run_grid(rebuilt) == 0
+    assert json.loads((docs / "report" / "aggregates.json").read_text()) == before
+
+
+def test_export_run_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"status": "interrupted"}')
+    with pytest.raises(ValueError, match="not a finished run"):
+        export_run(tmp_path / "run", tmp_path / "copy", root=tmp_path)
 
 
 LOG = benchmark.LOG_FILE
@@ -353,7 +393,7 @@ def test_the_cpu_ablation_grid_config(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base="1.3"):
         cfg = compose("ablation_cpu", overrides=[f"output_dir={tmp_path}"])
     grid = benchmark.build_grid(cfg)
-    assert {c.suite for c in grid} == {"vizdoom", "miniworld"} and len(grid) == 2 * 4 * 3
+    assert {c.suite for c in grid} == {"vizdoom", "miniworld"} and len(grid) == 2 * 6 * 3
     base = {}
     for cell in grid:
         args = benchmark.cell_command(cfg, cell, cell.run_dir(tmp_path))
@@ -361,3 +401,6 @@ def test_the_cpu_ablation_grid_config(tmp_path):
         base[cell.method] = [a for a in args if "run_dir" not in a and not a.startswith("seed")]
     assert base["rise_muted"] == base["rise"] + ["++network.kwargs.mute_context=true"]
     assert base["rise_gate3"] == base["rise"] + ["++network.kwargs.gate_bias_init=3.0"]
+    assert base["rise_gate1"] == base["rise"] + ["++network.kwargs.gate_bias_init=1.0"]
+    assert base["rise_zeroproj"] == base["rise"] + ["++network.kwargs.context_proj_zero_init=true"]
+    assert cfg.publish_dir.endswith("docs/results_ablation/ablation")

@@ -295,6 +295,28 @@ def test_gate_bias_init_sets_where_the_gate_starts():
         make_q_network("rise", num_actions=4, in_channels=4, gate_bias_init=float("nan"), **SMALL)
 
 
+def test_context_proj_zero_init_starts_the_gate_constant_but_trainable():
+    torch.manual_seed(0)
+    plain = make_q_network("rise", num_actions=4, in_channels=4, **SMALL)
+    torch.manual_seed(0)
+    zeroed = make_q_network(
+        "rise", num_actions=4, in_channels=4, context_proj_zero_init=True, **SMALL
+    )
+    differ = [
+        name
+        for (name, a), (_, b) in zip(plain.state_dict().items(), zeroed.state_dict().items())
+        if not torch.equal(a, b)
+    ]
+    assert differ == ["context.proj.weight"]
+    assert not zeroed.context.proj.weight.any()
+    td = _rise_td((8,))
+    gate = zeroed(td)["rise_gate"]
+    # the same gate for every sample: sigmoid(bias), whatever the window holds
+    torch.testing.assert_close(gate, torch.sigmoid(zeroed.context.proj.bias).expand_as(gate))
+    zeroed(_rise_td((8,)))["quantiles"].sum().backward()
+    assert zeroed.context.proj.weight.grad.abs().sum() > 0
+
+
 def test_context_changes_the_output_and_mismatches_are_rejected():
     net = make_q_network("rise", num_actions=3, in_channels=4, context_length=5, **SMALL)
     td = _rise_td((2,))

@@ -270,6 +270,11 @@ def render_markdown(
     return "\n".join(md).rstrip() + "\n"
 
 
+def _relative_to(path: str, base: Path) -> str:
+    resolved = Path(path).expanduser().resolve()
+    return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(path)
+
+
 def build_report(
     runs: Sequence[RunResult] | str | Path,
     out_dir: str | Path,
@@ -287,6 +292,7 @@ def build_report(
     seed: int = 0,
     curve_points: int = 20,
     missing: Sequence[str] = (),
+    root: str | Path | None = None,
 ) -> Report:
     """Aggregate runs into ``out_dir/report.md`` with per-suite tables and PNG plots.
 
@@ -311,6 +317,8 @@ def build_report(
         reps / confidence / seed: bootstrap settings.
         curve_points: grid size when runs' evaluations are at different frames.
         missing: descriptions of expected runs that did not finish, listed in the report.
+        root: if set, ``runs.csv`` names each run directory relative to it (a grid's output
+            directory), so the file holds no machine's path.
 
     Raises:
         ValueError: no complete run, or a bad option.
@@ -349,6 +357,11 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(results, out_dir)
     runs_frame = results.runs
+    if root is not None:
+        base = Path(root).expanduser().resolve()
+        runs_frame = runs_frame.assign(
+            run_dir=[_relative_to(p, base) for p in runs_frame["run_dir"]]
+        )
     runs_frame.to_csv(out_dir / "runs.csv", index=False)
     (out_dir / "aggregates.json").write_text(json.dumps(results.to_json(), indent=2) + "\n")
     markdown = out_dir / "report.md"

@@ -19,9 +19,11 @@ from typing import Any
 
 __all__ = [
     "CELL_FILE",
+    "EXPORTED_FILES",
     "SCORE_KINDS",
     "RunResult",
     "collect_runs",
+    "export_run",
     "is_run_complete",
     "load_run",
 ]
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 CELL_FILE = "benchmark_cell.json"
 """Written by ``recipes/benchmark.py`` into each run dir: the grid cell (suite, env, method, seed),
 used when a run's ``summary.json`` lacks those fields."""
+
+EXPORTED_FILES = ("summary.json", "eval.csv", CELL_FILE)
+"""What :func:`export_run` keeps of a run: everything a report reads, nothing machine-specific."""
 
 SCORE_KINDS = ("final", "best", "final_success", "best_success")
 """Which number of a run is its score: the final or best evaluation's mean return, or success rate."""
@@ -110,6 +115,69 @@ def is_run_complete(run_dir: str | Path) -> bool:
         return False
     final = (summary.get("scores") or {}).get("final")
     return isinstance(final, Mapping) and _num(final.get("mean")) is not None
+
+
+def _relative_paths(value: Any, root: str) -> Any:
+    """``value`` with every string under the directory ``root`` made relative to it."""
+    if isinstance(value, Mapping):
+        return {k: _relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, root) for v in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return value[len(root) :].lstrip("/") or "."
+    return value
+
+
+def export_run(run_dir: str | Path, dest: str | Path, *, root: str | Path) -> Path:
+    """Copy a finished run's result files (:data:`EXPORTED_FILES`) to ``dest``, paths made relative.
+
+    A grid's results are committed this way, one run as it lands: a report rebuilt from the
+    copies (``load_run``/``collect_runs`` on ``dest``'s tree) gives the same numbers, and every path
+    in ``summary.json`` that lay under ``root`` (the grid's output directory) is written relative
+    to it, so no machine's directory enters the repository. Each file is written atomically and
+    ``summary.json`` last, so an interrupted export never looks finished.
+
+    Args:
+        run_dir: the finished run directory.
+        dest: where the copies go (created).
+        root: the directory the run's paths are made relative to.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ValueError: ``run_dir`` is not a finished run.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> run = root / "runs" / "a"
+        >>> run.mkdir(parents=True)
+        >>> _ = (run / "summary.json").write_text(json.dumps({"status": "finished",
+        ...     "run_dir": str(run), "scores": {"final": {"mean": 1.0}}}))
+        >>> out = export_run(run, root / "docs" / "a", root=root)
+        >>> json.loads((out / "summary.json").read_text())["run_dir"]
+        'runs/a'
+    """
+    from torchrl_rise._fileio import write_atomic
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not is_run_complete(run_dir):
+        raise ValueError(
+            f"{run_dir} is not a finished run (no finished summary.json): nothing to export."
+        )
+    root_str = str(Path(root).expanduser().resolve())
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in EXPORTED_FILES[::-1]:  # summary.json last
+        src = run_dir / name
+        if not src.exists():
+            continue
+        if name.endswith(".json"):
+            data = _relative_paths(json.loads(src.read_text()), root_str)
+            write_atomic(dest / name, (json.dumps(data, indent=2) + "\n").encode())
+        else:
+            write_atomic(dest / name, src.read_bytes())
+    return dest
 
 
 def _read_eval_csv(path: Path) -> list[tuple[float, float, float]]:

@@ -83,6 +83,9 @@ class ContextLSTM(nn.Module):
             default initialisation. Under the gate fusion it sets where the gate starts:
             ``sigmoid(out_bias)`` (e.g. 3.0 starts the gate near 0.95, so the network starts close
             to BTR's and closes channels only as the context earns it).
+        zero_weight: start the output projection's weight at zero, so the projected output starts
+            constant (``out_bias``) whatever the untrained LSTM reads, while its gradient (the
+            LSTM state) still reaches the projection from the first update on.
 
     Example:
         >>> import torch
@@ -94,7 +97,13 @@ class ContextLSTM(nn.Module):
     """
 
     def __init__(
-        self, embedding_dim: int, *, hidden: int, out_features: int, out_bias: float | None = None
+        self,
+        embedding_dim: int,
+        *,
+        hidden: int,
+        out_features: int,
+        out_bias: float | None = None,
+        zero_weight: bool = False,
     ) -> None:
         super().__init__()
         if embedding_dim < 1 or hidden < 1 or out_features < 1:
@@ -107,6 +116,8 @@ class ContextLSTM(nn.Module):
         if out_bias is not None:
             # after the default init, so the weights drawn from the RNG are those without it
             nn.init.constant_(self.proj.bias, float(out_bias))
+        if zero_weight:
+            nn.init.zeros_(self.proj.weight)
         self.embedding_dim = embedding_dim
         self.hidden = hidden
 

@@ -135,6 +135,7 @@ class RiseQNetwork(IQNNetworkBase):
         fusion: str = "gate",
         gate_position: str = "post_pool",
         gate_bias_init: float | None = None,
+        context_proj_zero_init: bool = False,
         mute_context: bool = False,
         num_taus: int = 8,
         num_cosines: int = 64,
@@ -185,6 +186,7 @@ class RiseQNetwork(IQNNetworkBase):
                 hidden=lstm_hidden,
                 out_features=math.prod(feature_shape),
                 out_bias=gate_bias_init,
+                zero_weight=context_proj_zero_init,
             )
         factor = 2 if use_context and fusion == "concat" else 1
         head = DuelingIQNHead(
@@ -497,6 +499,7 @@ def make_q_network(
     fusion: str = "gate",
     gate_position: str = "post_pool",
     gate_bias_init: float | None = None,
+    context_proj_zero_init: bool = False,
     mute_context: bool = False,
     num_taus: int = 8,
     num_cosines: int = 64,
@@ -535,6 +538,10 @@ def make_q_network(
         gate_bias_init: ``rise`` with the gate fusion: the initial bias of the context
             projection, so the gate starts at ``sigmoid(gate_bias_init)``; ``None`` keeps
             PyTorch's default initialisation (the gate starts near 0.5; docs/network.md).
+        context_proj_zero_init: ``rise`` only, an ablation: the context projection's weight
+            starts at zero, so the fused context term starts constant (the gate at
+            ``sigmoid(bias)``) instead of carrying the untrained LSTM's output, while gradients
+            still reach the stream (docs/network.md).
         mute_context: ``rise`` only, an ablation: the context stream is switched off (gate held
             at 1, or a zero context term for ``concat``/``add``) on the unchanged rise network
             and data path.
@@ -584,6 +591,7 @@ def make_q_network(
             fusion=fusion,
             gate_position=gate_position,
             gate_bias_init=gate_bias_init,
+            context_proj_zero_init=context_proj_zero_init,
             mute_context=mute_context,
             emit_gate=emit_gate,
             **common,

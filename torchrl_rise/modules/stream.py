@@ -83,6 +83,8 @@ class RiseContextStream(nn.Module):
         gate_bias_init: initial bias of the default :class:`ContextLSTM`'s output projection, so
             the gate starts at ``sigmoid(gate_bias_init)`` (gate fusion only); ``None`` keeps
             PyTorch's default initialisation (the paper's setting, as far as it says).
+        context_proj_zero_init: start the default :class:`ContextLSTM`'s output projection
+            weight at zero (the fused context term starts constant; an ablation).
         mute_context: the ablation "context stream off": the gate is held at 1 (the context term
             is zero for ``concat``/``add``) and the context module is not run
             (:class:`StreamFusion`).
@@ -113,16 +115,17 @@ class RiseContextStream(nn.Module):
         context_module: nn.Module | None = None,
         return_gate: bool = False,
         gate_bias_init: float | None = None,
+        context_proj_zero_init: bool = False,
         mute_context: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
         check_gate_bias_init(gate_bias_init, fusion)
-        if gate_bias_init is not None and context_module is not None:
+        if (gate_bias_init is not None or context_proj_zero_init) and context_module is not None:
             raise ValueError(
-                "gate_bias_init initialises the default ContextLSTM; with a prebuilt "
-                "context_module, initialise its output bias yourself."
+                "gate_bias_init and context_proj_zero_init initialise the default ContextLSTM; "
+                "with a prebuilt context_module, initialise its output projection yourself."
             )
         if not isinstance(feature_extractor, nn.Module) or not isinstance(head, nn.Module):
             raise TypeError(
@@ -141,6 +144,7 @@ class RiseContextStream(nn.Module):
                 hidden=lstm_hidden,
                 out_features=math.prod(shape),
                 out_bias=gate_bias_init,
+                zero_weight=context_proj_zero_init,
             )
         # registration order = parameter order: features, context, head (optimizer states)
         self.feature_extractor = feature_extractor
