@@ -317,6 +317,36 @@ def test_context_proj_zero_init_starts_the_gate_constant_but_trainable():
     assert zeroed.context.proj.weight.grad.abs().sum() > 0
 
 
+def test_gate_scale_two_with_a_zero_projection_starts_as_btr_and_stays_trainable():
+    kwargs = dict(gate_scale=2.0, gate_bias_init=0.0, context_proj_zero_init=True, **SMALL)
+    torch.manual_seed(0)
+    rise = make_q_network("rise", num_actions=4, in_channels=4, **kwargs)
+    torch.manual_seed(0)
+    muted = make_q_network("rise", num_actions=4, in_channels=4, mute_context=True, **SMALL)
+    muted.load_state_dict(rise.state_dict())
+    td = _rise_td((8,))
+    rise.num_taus = muted.num_taus = 4
+    torch.manual_seed(1)
+    out = rise(td.clone())
+    torch.manual_seed(1)
+    ref = muted(td.clone())
+    # the gate starts at exactly 1: the same quantiles as the network with the context off
+    torch.testing.assert_close(out["quantiles"], ref["quantiles"])
+    # the emitted gate is the sigmoid before the scale, so saturation reads as for scale 1
+    torch.testing.assert_close(out["rise_gate"], torch.full_like(out["rise_gate"], 0.5))
+    out["quantiles"].sum().backward()
+    assert rise.context.proj.weight.grad.abs().sum() > 0
+
+
+def test_gate_scale_is_refused_where_it_means_nothing():
+    with pytest.raises(ValueError, match="gate_scale must be a positive finite number"):
+        make_q_network("rise", num_actions=4, in_channels=4, gate_scale=0.0, **SMALL)
+    with pytest.raises(ValueError, match="fusion='concat' has no gate"):
+        make_q_network(
+            "rise", num_actions=4, in_channels=4, gate_scale=2.0, fusion="concat", **SMALL
+        )
+
+
 def test_context_changes_the_output_and_mismatches_are_rejected():
     net = make_q_network("rise", num_actions=3, in_channels=4, context_length=5, **SMALL)
     td = _rise_td((2,))

@@ -26,6 +26,17 @@ def check_gate_bias_init(gate_bias_init: float | None, fusion: str) -> None:
         raise ValueError(f"gate_bias_init must be a finite number, got {gate_bias_init!r}.")
 
 
+def check_gate_scale(gate_scale: float, fusion: str) -> None:
+    """Refuse a gate scale that is not a positive finite number, or one without a gate."""
+    if not (math.isfinite(float(gate_scale)) and float(gate_scale) > 0):
+        raise ValueError(f"gate_scale must be a positive finite number, got {gate_scale!r}.")
+    if float(gate_scale) != 1.0 and fusion != "gate":
+        raise ValueError(
+            f"gate_scale={gate_scale!r} scales the sigmoid gate, but fusion={fusion!r} has no "
+            "gate; drop gate_scale or use fusion='gate'."
+        )
+
+
 def left_align_window(
     window: torch.Tensor, mask: torch.Tensor, *, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +159,7 @@ class ContextLSTM(nn.Module):
 class StreamFusion(nn.Module):
     """Fuse CNN features with the projected context: ``gate``, ``concat`` or ``add``.
 
-    ``gate`` (RISE): ``f * sigmoid(c)``; ``concat``: ``[f, c]`` along the channel/feature dim;
+    ``gate`` (RISE): ``f * gate_scale * sigmoid(c)``; ``concat``: ``[f, c]`` along the channel/feature dim;
     ``add``: ``f + c``. ``feature_shape`` is the CNN tensor's shape after the batch dim (``[F]``
     after pooling or ``[C, h, w]`` before it); the context arrives flat and is reshaped to it.
 
@@ -157,12 +168,21 @@ class StreamFusion(nn.Module):
     (callers skip computing it). It is an ablation: the RISE network and data path with the
     context stream switched off, which should learn as BTR does.
 
+    ``gate_scale`` is 1 in the paper (a gate in ``(0, 1)`` that can only close channels). With 2
+    and a context projection that starts at zero (``ContextLSTM(zero_weight=True)``, bias 0) the
+    gate starts at exactly 1, so the network starts as BTR's, its slope there is the sigmoid's
+    steepest (0.5), and the context can close a channel or open it up to twice
+    (docs/network.md, "The gate").
+
     Args:
         mode: one of ``"gate"``, ``"concat"``, ``"add"``.
         feature_shape: shape of the CNN features (without batch dims).
 
     Keyword Args:
         mute_context: hold the fusion at its identity (see above).
+        gate_scale: the gate is ``gate_scale * sigmoid(c)`` (gate fusion only). The gate it
+            returns is ``sigmoid(c)`` before the scale, in ``[0, 1]``, so
+            :func:`~torchrl_rise.modules.gate_statistics` reads saturation the same way.
 
     Example:
         >>> import torch
@@ -173,12 +193,19 @@ class StreamFusion(nn.Module):
     """
 
     def __init__(
-        self, mode: str, feature_shape: Sequence[int], *, mute_context: bool = False
+        self,
+        mode: str,
+        feature_shape: Sequence[int],
+        *,
+        mute_context: bool = False,
+        gate_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {mode!r}.")
+        check_gate_scale(gate_scale, mode)
         self.mode = mode
+        self.gate_scale = float(gate_scale)
         self.feature_shape = tuple(int(s) for s in feature_shape)
         self.mute_context = bool(mute_context)
 
@@ -197,6 +224,8 @@ class StreamFusion(nn.Module):
         context = context.reshape(context.shape[0], *self.feature_shape).to(features.dtype)
         if self.mode == "gate":
             gate = torch.sigmoid(context)
+            if self.gate_scale != 1.0:
+                return features * (gate * self.gate_scale), gate
             return features * gate, gate
         if self.mode == "concat":
             return torch.cat([features, context], dim=1), None

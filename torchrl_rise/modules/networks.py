@@ -17,7 +17,12 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from torchrl_rise import keys
-from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, check_gate_bias_init
+from torchrl_rise.modules.context import (
+    FUSION_MODES,
+    ContextLSTM,
+    check_gate_bias_init,
+    check_gate_scale,
+)
 from torchrl_rise.modules.impala import ImpalaCNN
 from torchrl_rise.modules.iqn import DuelingIQNHead
 from torchrl_rise.modules.stream import RiseContextStream
@@ -137,6 +142,7 @@ class RiseQNetwork(IQNNetworkBase):
         gate_bias_init: float | None = None,
         context_proj_zero_init: bool = False,
         mute_context: bool = False,
+        gate_scale: float = 1.0,
         num_taus: int = 8,
         num_cosines: int = 64,
         mlp_hidden: int = 512,
@@ -163,6 +169,7 @@ class RiseQNetwork(IQNNetworkBase):
             raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
         if use_context:  # like lstm_hidden and fusion, ignored without a context stream
             check_gate_bias_init(gate_bias_init, fusion)
+            check_gate_scale(gate_scale, fusion)
         cnn = ImpalaCNN(
             in_channels,
             frame_size=frame_size,
@@ -209,6 +216,7 @@ class RiseQNetwork(IQNNetworkBase):
                 context_module=context,
                 return_gate=True,
                 mute_context=mute_context,
+                gate_scale=gate_scale,
             )
         # the parts are registered on the network under the names its state dicts have always
         # used (cnn, context, fusion, head); the stream that composes them stays unregistered,
@@ -501,6 +509,7 @@ def make_q_network(
     gate_bias_init: float | None = None,
     context_proj_zero_init: bool = False,
     mute_context: bool = False,
+    gate_scale: float = 1.0,
     num_taus: int = 8,
     num_cosines: int = 64,
     mlp_hidden: int = 512,
@@ -545,6 +554,9 @@ def make_q_network(
         mute_context: ``rise`` only, an ablation: the context stream is switched off (gate held
             at 1, or a zero context term for ``concat``/``add``) on the unchanged rise network
             and data path.
+        gate_scale: ``rise`` with the gate fusion: the gate is ``gate_scale * sigmoid(c)``
+            (the paper: 1). With 2, ``gate_bias_init=0`` and ``context_proj_zero_init`` the gate
+            starts at exactly 1 (docs/network.md, "The gate").
         num_taus: taus sampled per forward (settable later through ``net.num_taus``).
         num_cosines: cosine features of the tau embedding.
         mlp_hidden: width of the dueling head's dense layers (BTR: 512).
@@ -593,6 +605,7 @@ def make_q_network(
             gate_bias_init=gate_bias_init,
             context_proj_zero_init=context_proj_zero_init,
             mute_context=mute_context,
+            gate_scale=gate_scale,
             emit_gate=emit_gate,
             **common,
         )

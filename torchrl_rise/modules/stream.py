@@ -25,6 +25,7 @@ from torchrl_rise.modules.context import (
     ContextLSTM,
     StreamFusion,
     check_gate_bias_init,
+    check_gate_scale,
 )
 
 __all__ = ["RiseContextModule", "RiseContextStream"]
@@ -88,6 +89,8 @@ class RiseContextStream(nn.Module):
         mute_context: the ablation "context stream off": the gate is held at 1 (the context term
             is zero for ``concat``/``add``) and the context module is not run
             (:class:`StreamFusion`).
+        gate_scale: the gate is ``gate_scale * sigmoid(c)`` (gate fusion only; the paper: 1;
+            see :class:`StreamFusion`).
 
     Example:
         >>> import torch
@@ -117,11 +120,13 @@ class RiseContextStream(nn.Module):
         gate_bias_init: float | None = None,
         context_proj_zero_init: bool = False,
         mute_context: bool = False,
+        gate_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
         check_gate_bias_init(gate_bias_init, fusion)
+        check_gate_scale(gate_scale, fusion)
         if (gate_bias_init is not None or context_proj_zero_init) and context_module is not None:
             raise ValueError(
                 "gate_bias_init and context_proj_zero_init initialise the default ContextLSTM; "
@@ -149,7 +154,7 @@ class RiseContextStream(nn.Module):
         # registration order = parameter order: features, context, head (optimizer states)
         self.feature_extractor = feature_extractor
         self.context = context_module
-        self.fusion = StreamFusion(fusion, shape, mute_context=mute_context)
+        self.fusion = StreamFusion(fusion, shape, mute_context=mute_context, gate_scale=gate_scale)
         self.head = head
         self.feature_shape = shape
         self.return_gate = bool(return_gate) and fusion == "gate"
