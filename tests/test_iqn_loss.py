@@ -13,7 +13,7 @@ from torchrl.objectives import HardUpdate
 
 from torchrl_rise.modules import make_q_network
 from torchrl_rise.modules.networks import IQNNetworkBase
-from torchrl_rise.objectives import IQNLoss, quantile_huber_loss
+from torchrl_rise.objectives import IQNLoss, iqn_target, quantile_huber_loss
 from torchrl_rise.replay import _torchrl_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
@@ -194,11 +194,20 @@ def test_loss_matches_reference(
 
 
 def test_munchausen_bonus_is_clipped_and_nonpositive():
-    loss = IQNLoss(TableIQN(), munchausen_alpha=1.0, munchausen_tau=1e-3, munchausen_clip=-1.0)
     q = torch.tensor([[0.0, 5.0, 10.0]])
-    bonus = loss._munchausen_bonus(q, torch.tensor([0, 2]).view(2)[:1])
-    assert bonus.item() == pytest.approx(-1.0)  # clipped at l0
-    assert loss._munchausen_bonus(q, torch.tensor([2])).item() == pytest.approx(0.0)
+    opts = dict(munchausen_alpha=1.0, munchausen_tau=1e-3, munchausen_clip=-1.0)
+
+    def bonus(action):  # discount 0 and reward 0: the target is the bonus alone
+        zero = torch.zeros(1)
+        target = iqn_target(
+            torch.zeros(1, 1, 3), zero, zero, action=torch.tensor([action]), log_policy_q=q, **opts
+        )
+        return target.item()
+
+    assert bonus(0) == pytest.approx(-1.0)  # clipped at l0
+    assert bonus(2) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="log_policy_q"):
+        iqn_target(torch.zeros(1, 1, 3), torch.zeros(1), torch.zeros(1))
 
 
 def test_hard_update_copies_online_into_target():

@@ -227,3 +227,24 @@ def test_iqn_loss_sequence_path_is_unchanged():
     td = _batch().exclude("learn_mask", "sequence_mask")
     out = loss(td)
     assert torch.isfinite(out["loss"]) and td["td_error"].shape == (3,)
+
+
+def test_iqn_loss_sequence_path_is_sequence_iqn_loss_training_every_position():
+    """One sequence path: IQNLoss == SequenceIQNLoss with every position after the burn-in
+    trained, bit for bit (loss, priorities and outputs, whose names mean the same in both)."""
+    torch.manual_seed(0)
+    net = _net()
+    td = _batch().exclude("sequence_mask")
+    td["learn_mask"][:] = True
+    td["learn_mask"][:, :2] = False
+    results = []
+    for cls in (IQNLoss, SequenceIQNLoss):
+        batch = td.clone()
+        torch.manual_seed(1)
+        out = cls(net, resample_noise=False)(batch)
+        results.append((out, batch["td_error"]))
+    (out_a, prio_a), (out_b, prio_b) = results
+    assert torch.equal(prio_a, prio_b)
+    assert set(out_a.keys()) == set(out_b.keys())
+    for key, value in out_a.items():
+        assert torch.equal(value, out_b[key]), key
