@@ -69,7 +69,7 @@ def _batch(*, with_discount=True, with_weight=True):
     if with_discount:
         data["next"]["discount"] = torch.tensor([[0.99**3], [0.99**3], [0.0], [0.99]])
     if with_weight:
-        data["_weight"] = torch.tensor([1.0, 0.5, 2.0, 0.25])
+        data["priority_weight"] = torch.tensor([1.0, 0.5, 2.0, 0.25])
     return TensorDict(data, [4])
 
 
@@ -132,7 +132,7 @@ def _reference(loss, td, *, munchausen, log_policy, kappa, num_target_taus):
                 row += abs(ti - (1.0 if u < 0 else 0.0)) * huber / kappa
                 abs_sum += abs(u)
             sample += row / len(targets)
-        weight = float(td["_weight"][b]) if "_weight" in td else 1.0
+        weight = float(td["priority_weight"][b]) if "priority_weight" in td else 1.0
         total += weight * sample
         if loss.priority_reduction == "btr_sum_mean":  # sum over online taus, mean over target
             priorities.append(abs_sum / len(targets))
@@ -360,7 +360,7 @@ def test_sequence_loss_masks_steps_without_bootstrap():
             "pixels": torch.randint(0, 256, (b, t, 4, 36, 36), dtype=torch.uint8),
             "action": torch.randint(0, 3, (b, t)),
             "steps_to_next_obs": torch.full((b, t, 1), 2),
-            "_weight": torch.ones(b),
+            "priority_weight": torch.ones(b),
             "next": {"reward": torch.randn(b, t, 1), "discount": torch.full((b, t, 1), 0.9)},
         },
         [b],
@@ -379,9 +379,9 @@ def test_sequence_loss_masks_steps_without_bootstrap():
     torch.manual_seed(0)
     assert loss(poisoned)["loss"].item() > 1e3
     # [B, T] layout (TorchRL slice samplers): same loss, priority broadcast along T
-    per_step = td.exclude("_weight", "td_error").clone(False)
+    per_step = td.exclude("priority_weight", "td_error").clone(False)
     per_step.batch_size = [b, t]
-    per_step["_weight"] = td["_weight"].unsqueeze(-1).expand(b, t).clone()
+    per_step["priority_weight"] = td["priority_weight"].unsqueeze(-1).expand(b, t).clone()
     torch.manual_seed(0)
     assert loss(per_step)["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-5)
     torch.testing.assert_close(  # spectral norm's power step moved a little in between

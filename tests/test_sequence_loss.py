@@ -49,7 +49,7 @@ def _batch(B=3, burn=2, learn=4, n=2, seed=0):
             "sequence_mask": seq_mask,
             "learn_mask": learn_mask,
             "steps_to_next_obs": m,
-            "_weight": torch.rand(B, generator=gen) + 0.5,
+            "priority_weight": torch.rand(B, generator=gen) + 0.5,
             "next": {
                 "reward": torch.randn(B, T, 1, generator=gen),
                 "discount": torch.rand(B, T, 1, generator=gen),
@@ -104,7 +104,7 @@ def _reference(loss, td, *, eta=0.9):
                 step_err += sum(abs(t - float(z[b, j, i, a])) for t in targets)
             losses.append(step_loss)
             errors.append(step_err / (z.shape[2] * len(targets)))
-        total += float(td["_weight"][b]) * sum(losses) / len(losses)
+        total += float(td["priority_weight"][b]) * sum(losses) / len(losses)
         mixed = eta * max(errors) + (1 - eta) * sum(errors) / len(errors)
         priorities.append(mixed * z.shape[2])  # BTR: sum over online taus, mean over target taus
     return total / td.shape[0], torch.tensor(priorities)
