@@ -100,7 +100,7 @@ def _check_options(
         )
 
 
-def _action_index(action: torch.Tensor, num_actions: int, key: NestedKey) -> torch.Tensor:
+def _action_index(action: torch.Tensor, num_actions: int, *, key: NestedKey) -> torch.Tensor:
     """The taken actions as int64 indices, checked (integer dtype; range, on CPU tensors)."""
     if action.dtype.is_floating_point or action.dtype == torch.bool:
         raise TypeError(
@@ -139,6 +139,7 @@ def _reduce_sequences(
     per_step: torch.Tensor,
     mean_abs_td: torch.Tensor,
     trained: torch.Tensor,
+    *,
     weight: torch.Tensor | None,
     eta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -441,7 +442,7 @@ class IQNLoss(LossModule):
         z = online.get(self.tensor_keys.quantiles).float()  # [B, N, A]
         taus = online.get(self.tensor_keys.taus).float()
         action = _action_index(
-            td.get(self.tensor_keys.action), z.shape[-1], self.tensor_keys.action
+            td.get(self.tensor_keys.action), z.shape[-1], key=self.tensor_keys.action
         )
         z_taken = z.gather(-1, action.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(-1)
 
@@ -529,7 +530,7 @@ class IQNLoss(LossModule):
         burn = tensordict.get(self.value_network_in_keys[0]).shape[1] - z.shape[1]
         trained = self._trained_positions(tensordict, burn)
         action = _action_index(
-            tensordict.get(self.tensor_keys.action), z.shape[-1], self.tensor_keys.action
+            tensordict.get(self.tensor_keys.action), z.shape[-1], key=self.tensor_keys.action
         )
         action = action[:, burn:]
         z_taken = z.gather(-1, action[..., None, None].expand(*z.shape[:-1], 1)).squeeze(-1)
@@ -547,7 +548,7 @@ class IQNLoss(LossModule):
         per_step, mean_abs_td = quantile_huber_loss(z_taken, taus, target, kappa=self.kappa)
         weight = self._priority_weight(tensordict)
         loss, mixed, mean_abs_td = _reduce_sequences(
-            per_step, mean_abs_td, trained, weight, self.sequence_priority_eta
+            per_step, mean_abs_td, trained, weight=weight, eta=self.sequence_priority_eta
         )
         priority = self._priority(mixed, z_taken.shape[-1])
         tensordict.set(self.tensor_keys.priority, priority, inplace=True)
