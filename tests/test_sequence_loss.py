@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_rise.modules import make_q_network
-from torchrl_rise.objectives import IQNLoss, SequenceIQNLoss
+from torchrl_rise.objectives import IQNLoss, SequenceIQNLoss, sequence_bootstrap
 from torchrl_rise.replay import SequenceReplayBuffer
 
 FRAME, HIDDEN, A = 12, 8, 3
@@ -248,3 +248,16 @@ def test_iqn_loss_sequence_path_is_sequence_iqn_loss_training_every_position():
     assert set(out_a.keys()) == set(out_b.keys())
     for key, value in out_a.items():
         assert torch.equal(value, out_b[key]), key
+
+
+def test_sequence_bootstrap_reads_j_plus_m_and_drops_bootstraps_past_the_end():
+    z = torch.arange(8.0).view(2, 4, 1, 1)  # [B=2, L=4, N'=1, A=1]: the position's own index
+    m = torch.tensor([[1, 2, 1, 1], [3, 1, 2, 1]])
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True]])
+    boot, trained = sequence_bootstrap(z, m, mask=mask)
+    assert boot.flatten().tolist() == [1, 3, 3, 3, 7, 6, 7, 7]  # clamped at the last position
+    assert trained.tolist() == [[True, True, True, False], [False, True, False, False]]
+    assert sequence_bootstrap(z, m)[1].tolist() == [
+        [True, True, True, False],
+        [True, True, False, False],
+    ]
