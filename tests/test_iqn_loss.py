@@ -13,7 +13,7 @@ from torchrl.objectives import HardUpdate
 
 from torchrl_rise.modules import make_q_network
 from torchrl_rise.modules.networks import IQNNetworkBase
-from torchrl_rise.objectives import IQNLoss, quantile_huber_loss
+from torchrl_rise.objectives import IQNLoss, iqn_target, quantile_huber_loss
 from torchrl_rise.replay import _torchrl_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
@@ -69,7 +69,7 @@ def _batch(*, with_discount=True, with_weight=True):
     if with_discount:
         data["next"]["discount"] = torch.tensor([[0.99**3], [0.99**3], [0.0], [0.99]])
     if with_weight:
-        data["_weight"] = torch.tensor([1.0, 0.5, 2.0, 0.25])
+        data["priority_weight"] = torch.tensor([1.0, 0.5, 2.0, 0.25])
     return TensorDict(data, [4])
 
 
@@ -132,7 +132,7 @@ def _reference(loss, td, *, munchausen, log_policy, kappa, num_target_taus):
                 row += abs(ti - (1.0 if u < 0 else 0.0)) * huber / kappa
                 abs_sum += abs(u)
             sample += row / len(targets)
-        weight = float(td["_weight"][b]) if "_weight" in td else 1.0
+        weight = float(td["priority_weight"][b]) if "priority_weight" in td else 1.0
         total += weight * sample
         if loss.priority_reduction == "btr_sum_mean":  # sum over online taus, mean over target
             priorities.append(abs_sum / len(targets))
@@ -194,11 +194,20 @@ def test_loss_matches_reference(
 
 
 def test_munchausen_bonus_is_clipped_and_nonpositive():
-    loss = IQNLoss(TableIQN(), munchausen_alpha=1.0, munchausen_tau=1e-3, munchausen_clip=-1.0)
     q = torch.tensor([[0.0, 5.0, 10.0]])
-    bonus = loss._munchausen_bonus(q, torch.tensor([0, 2]).view(2)[:1])
-    assert bonus.item() == pytest.approx(-1.0)  # clipped at l0
-    assert loss._munchausen_bonus(q, torch.tensor([2])).item() == pytest.approx(0.0)
+    opts = dict(munchausen_alpha=1.0, munchausen_tau=1e-3, munchausen_clip=-1.0)
+
+    def bonus(action):  # discount 0 and reward 0: the target is the bonus alone
+        zero = torch.zeros(1)
+        target = iqn_target(
+            torch.zeros(1, 1, 3), zero, zero, action=torch.tensor([action]), log_policy_q=q, **opts
+        )
+        return target.item()
+
+    assert bonus(0) == pytest.approx(-1.0)  # clipped at l0
+    assert bonus(2) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="log_policy_q"):
+        iqn_target(torch.zeros(1, 1, 3), torch.zeros(1), torch.zeros(1))
 
 
 def test_hard_update_copies_online_into_target():
@@ -351,7 +360,7 @@ def test_sequence_loss_masks_steps_without_bootstrap():
             "pixels": torch.randint(0, 256, (b, t, 4, 36, 36), dtype=torch.uint8),
             "action": torch.randint(0, 3, (b, t)),
             "steps_to_next_obs": torch.full((b, t, 1), 2),
-            "_weight": torch.ones(b),
+            "priority_weight": torch.ones(b),
             "next": {"reward": torch.randn(b, t, 1), "discount": torch.full((b, t, 1), 0.9)},
         },
         [b],
@@ -370,9 +379,9 @@ def test_sequence_loss_masks_steps_without_bootstrap():
     torch.manual_seed(0)
     assert loss(poisoned)["loss"].item() > 1e3
     # [B, T] layout (TorchRL slice samplers): same loss, priority broadcast along T
-    per_step = td.exclude("_weight", "td_error").clone(False)
+    per_step = td.exclude("priority_weight", "td_error").clone(False)
     per_step.batch_size = [b, t]
-    per_step["_weight"] = td["_weight"].unsqueeze(-1).expand(b, t).clone()
+    per_step["priority_weight"] = td["priority_weight"].unsqueeze(-1).expand(b, t).clone()
     torch.manual_seed(0)
     assert loss(per_step)["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-5)
     torch.testing.assert_close(  # spectral norm's power step moved a little in between

@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_rise.modules import make_q_network
-from torchrl_rise.objectives import IQNLoss, SequenceIQNLoss
+from torchrl_rise.objectives import IQNLoss, SequenceIQNLoss, sequence_bootstrap
 from torchrl_rise.replay import SequenceReplayBuffer
 
 FRAME, HIDDEN, A = 12, 8, 3
@@ -49,7 +49,7 @@ def _batch(B=3, burn=2, learn=4, n=2, seed=0):
             "sequence_mask": seq_mask,
             "learn_mask": learn_mask,
             "steps_to_next_obs": m,
-            "_weight": torch.rand(B, generator=gen) + 0.5,
+            "priority_weight": torch.rand(B, generator=gen) + 0.5,
             "next": {
                 "reward": torch.randn(B, T, 1, generator=gen),
                 "discount": torch.rand(B, T, 1, generator=gen),
@@ -104,7 +104,7 @@ def _reference(loss, td, *, eta=0.9):
                 step_err += sum(abs(t - float(z[b, j, i, a])) for t in targets)
             losses.append(step_loss)
             errors.append(step_err / (z.shape[2] * len(targets)))
-        total += float(td["_weight"][b]) * sum(losses) / len(losses)
+        total += float(td["priority_weight"][b]) * sum(losses) / len(losses)
         mixed = eta * max(errors) + (1 - eta) * sum(errors) / len(errors)
         priorities.append(mixed * z.shape[2])  # BTR: sum over online taus, mean over target taus
     return total / td.shape[0], torch.tensor(priorities)
@@ -227,3 +227,37 @@ def test_iqn_loss_sequence_path_is_unchanged():
     td = _batch().exclude("learn_mask", "sequence_mask")
     out = loss(td)
     assert torch.isfinite(out["loss"]) and td["td_error"].shape == (3,)
+
+
+def test_iqn_loss_sequence_path_is_sequence_iqn_loss_training_every_position():
+    """One sequence path: IQNLoss == SequenceIQNLoss with every position after the burn-in
+    trained, bit for bit (loss, priorities and outputs, whose names mean the same in both)."""
+    torch.manual_seed(0)
+    net = _net()
+    td = _batch().exclude("sequence_mask")
+    td["learn_mask"][:] = True
+    td["learn_mask"][:, :2] = False
+    results = []
+    for cls in (IQNLoss, SequenceIQNLoss):
+        batch = td.clone()
+        torch.manual_seed(1)
+        out = cls(net, resample_noise=False)(batch)
+        results.append((out, batch["td_error"]))
+    (out_a, prio_a), (out_b, prio_b) = results
+    assert torch.equal(prio_a, prio_b)
+    assert set(out_a.keys()) == set(out_b.keys())
+    for key, value in out_a.items():
+        assert torch.equal(value, out_b[key]), key
+
+
+def test_sequence_bootstrap_reads_j_plus_m_and_drops_bootstraps_past_the_end():
+    z = torch.arange(8.0).view(2, 4, 1, 1)  # [B=2, L=4, N'=1, A=1]: the position's own index
+    m = torch.tensor([[1, 2, 1, 1], [3, 1, 2, 1]])
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True]])
+    boot, trained = sequence_bootstrap(z, m, mask=mask)
+    assert boot.flatten().tolist() == [1, 3, 3, 3, 7, 6, 7, 7]  # clamped at the last position
+    assert trained.tolist() == [[True, True, True, False], [False, True, False, False]]
+    assert sequence_bootstrap(z, m)[1].tolist() == [
+        [True, True, True, False],
+        [True, True, False, False],
+    ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictParams
 from tensordict.utils import NestedKey
@@ -16,6 +16,7 @@ from torchrl.objectives import LossModule
 from torchrl_rise import keys
 from torchrl_rise.modules.diagnostics import gate_statistics_tensors
 from torchrl_rise.modules.noisy import resample_noise
+from torchrl_rise.objectives.target import iqn_target, sequence_bootstrap
 
 __all__ = ["PRIORITY_REDUCTIONS", "IQNLoss", "quantile_huber_loss"]
 
@@ -42,14 +43,14 @@ def quantile_huber_loss(
         kappa: Huber threshold (> 0).
 
     Returns:
-        the per-sample loss ``[...]`` and the per-sample mean absolute TD error ``[...]`` (over the
-        ``N x N'`` pairs; the PER priority).
+        the per-sample loss ``[...]`` and the per-sample mean absolute TD error ``mean_ij |u_ij|``
+        ``[...]`` (over the ``N x N'`` pairs; :class:`IQNLoss` derives the PER priority from it).
 
     Example:
         >>> import torch
-        >>> loss, td = quantile_huber_loss(torch.zeros(1, 1), torch.full((1, 1), 0.25),
-        ...                                torch.full((1, 1), 2.0))
-        >>> loss.item(), td.item()
+        >>> loss, mean_abs_td = quantile_huber_loss(torch.zeros(1, 1), torch.full((1, 1), 0.25),
+        ...                                         torch.full((1, 1), 2.0))
+        >>> loss.item(), mean_abs_td.item()
         (0.375, 2.0)
     """
     if kappa <= 0:
@@ -62,41 +63,129 @@ def quantile_huber_loss(
     return loss, abs_u.detach().mean((-2, -1))
 
 
+def _check_options(
+    *,
+    kappa: float,
+    munchausen_tau: float,
+    munchausen_clip: float,
+    munchausen_log_policy: str,
+    priority_reduction: str,
+    gamma: float,
+    num_target_taus: int,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """Raise ``ValueError`` on an :class:`IQNLoss` option out of its range."""
+    if kappa <= 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}.")
+    if munchausen_tau <= 0:
+        raise ValueError(f"munchausen_tau must be > 0, got {munchausen_tau}.")
+    if munchausen_clip > 0:
+        raise ValueError(f"munchausen_clip (l0) must be <= 0, got {munchausen_clip}.")
+    if munchausen_log_policy not in MUNCHAUSEN_LOG_POLICY:
+        raise ValueError(
+            f"munchausen_log_policy must be one of {MUNCHAUSEN_LOG_POLICY}, got "
+            f"{munchausen_log_policy!r}."
+        )
+    if priority_reduction not in PRIORITY_REDUCTIONS:
+        raise ValueError(
+            f"priority_reduction must be one of {PRIORITY_REDUCTIONS}, got {priority_reduction!r}."
+        )
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
+    if num_target_taus < 1:
+        raise ValueError(f"num_target_taus must be >= 1, got {num_target_taus}.")
+    if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}."
+        )
+
+
+def _action_index(action: torch.Tensor, num_actions: int, *, key: NestedKey) -> torch.Tensor:
+    """The taken actions as int64 indices, checked (integer dtype; range, on CPU tensors)."""
+    if action.dtype.is_floating_point or action.dtype == torch.bool:
+        raise TypeError(
+            f"{key!r} must be an integer index (Categorical spec), got dtype {action.dtype}; "
+            "one-hot actions are not supported."
+        )
+    # The range check reads the actions on the host: free on the CPU, a device sync per
+    # update elsewhere and a graph break under torch.compile, so it runs on CPU tensors only
+    # (out of range on CUDA, gather raises a device-side assert).
+    check = action.device.type == "cpu" and not torch.compiler.is_compiling()
+    if check and action.numel() and (int(action.min()) < 0 or int(action.max()) >= num_actions):
+        raise ValueError(
+            f"actions must lie in [0, {num_actions}), got values in "
+            f"[{int(action.min())}, {int(action.max())}]."
+        )
+    return action.long()
+
+
+def _n_step_discount(td: TensorDictBase, tensor_keys: Any, gamma: float) -> torch.Tensor:
+    """``("next", "discount")``, else ``gamma ** steps_to_next_obs * (1 - ("next", "terminated"))``."""
+    discount = td.get(("next", tensor_keys.discount), None)
+    if discount is not None:
+        return discount.float()
+    steps = td.get(tensor_keys.steps_to_next_obs, None)
+    terminated = td.get(("next", tensor_keys.terminated), None)
+    if steps is None or terminated is None:
+        raise KeyError(
+            "IQNLoss needs ('next', 'discount') or both 'steps_to_next_obs' and "
+            "('next', 'terminated') to compute gamma ** m * (1 - terminated); sample from "
+            "RiseReplayBuffer or add them."
+        )
+    return gamma ** steps.float() * (1.0 - terminated.float())
+
+
+def _reduce_sequences(
+    per_step: torch.Tensor,
+    mean_abs_td: torch.Tensor,
+    trained: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    eta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked reduction over sequences ``[B, L]``.
+
+    Returns:
+        the loss (per sequence the mean over its trained steps, times its importance weight;
+        mean over sequences), R2D2's ``eta * max_j + (1 - eta) * mean_j`` of ``mean_abs_td`` over
+        the trained steps ``[B]``, and ``mean_abs_td`` zeroed at the untrained steps.
+    """
+    trained_f = trained.to(per_step.dtype)
+    count = trained_f.sum(1).clamp_min(1.0)
+    per_seq = (per_step * trained_f).sum(1) / count
+    if weight is not None:  # per sequence; a [B, T] layout repeats it along T
+        per_seq = per_seq * weight.reshape(per_seq.shape[0], -1)[:, 0].to(per_seq.dtype)
+    mean_abs_td = mean_abs_td * trained_f
+    mixed = eta * mean_abs_td.max(1).values + (1 - eta) * mean_abs_td.sum(1) / count
+    return per_seq.mean(), mixed, mean_abs_td
+
+
 class IQNLoss(LossModule):
     """IQN loss with Munchausen targets, n-step returns from replay, PER weights and priorities.
 
-    Per sampled transition (``a`` the action, ``R`` = ``("next", "reward")`` the n-step return,
-    ``gamma_m`` = ``("next", "discount")``, ``q`` the mean over taus of the quantiles, ``tau_m`` the
-    Munchausen temperature)::
+    Target quantiles ``T_j``: :func:`~torchrl_rise.objectives.iqn_target` of the n-step return
+    ``("next", "reward")``, the discount ``("next", "discount")`` and the target network at
+    ``s_{t+n}`` (``("next", ...)``: its pixels *and* its own context window). The loss is
+    :func:`quantile_huber_loss` times the PER importance weight ``priority_weight`` (1 if absent),
+    averaged. Of ``|u_ij|`` (``u_ij = T_j - Z_i(s_t, a)``, ``N`` online, ``N'`` target taus) two
+    reductions leave it:
 
-        pi'(.)     = softmax(q_target(s_{t+n}, .) / tau_m)
-        l'(.)      = tau_m * log_softmax(q_target(s_{t+n}, .) / tau_m)
-        T_j        = R + alpha * clip(tau_m * log_softmax(q_bar(s_t, .) / tau_m)[a], l0, 0)
-                       + gamma_m * sum_b pi'(b) * (Z_target_j(s_{t+n}, b) - l'(b))
+    - the PER **priority**, written per sample under ``tensor_keys.priority`` (``"td_error"``,
+      TorchRL's key: what ``rb.update_tensordict_priority(td)`` reads): ``sum_i mean_j |u_ij|``
+      (``priority_reduction="btr_sum_mean"``, BTR) or ``mean_ij |u_ij|`` (``"mean"``);
+    - the output ``td_error_mean``: the batch mean of ``mean_ij |u_ij|`` (the absolute TD error
+      whatever the priority reduction, not the priorities' mean).
 
-    with ``q_bar`` the target network (``munchausen_log_policy="target"``, the M-IQN paper) or the
-    detached online network (``"online"``, BTR's code: saves the target pass at ``s_t``). Without
-    Munchausen: ``T_j = R + gamma_m * Z_target_j(s_{t+n}, argmax_b q_target(s_{t+n}, b))`` (no
-    double DQN, as BTR). ``s_{t+n}`` is read from ``("next", ...)`` -- its pixels *and* its own
-    context window. The loss is :func:`quantile_huber_loss` weighted by ``priority_weight`` (PER
-    importance weights; 1 if absent) and averaged; the per-sample priority ``td_error`` is
-    written into the input tensordict for ``rb.update_tensordict_priority(td)``: ``|u_ij|``
-    summed over the online taus ``i`` and averaged over the target taus ``j``
-    (``priority_reduction="btr_sum_mean"``, BTR's code), or averaged over both (``"mean"``:
-    ``N`` times smaller).
+    The networks run with their noise on (``RANDOM`` mode, as BTR trains), fresh at each call
+    (``resample_noise``).
 
-    Noise: BTR trains with noisy nets on, so this loss runs its networks in ``RANDOM`` exploration
-    mode (TorchRL losses default to ``DETERMINISTIC``, which would silently turn the noise off) and,
-    with ``resample_noise=True``, draws fresh noise for the online and the target network once per
-    call.
-
-    Sequence networks (``recurrent_baseline``, ``is_sequence_model``) are trained R2D2-style: the
-    input holds sequences ``[B, T, ...]``; per-step ``action``, ``("next", "reward")``,
-    ``("next", "discount")`` and ``steps_to_next_obs`` ``m``; the bootstrap state of step ``j`` is
-    step ``j + m`` of the same sequence (steps whose bootstrap falls outside are not trained); the
-    online and target networks each run once over the sequence (burn-in included); the priority of
-    a sequence is ``0.9 max_j + 0.1 mean_j`` of the per-step ``td_error`` (written ``[B]``, or
-    broadcast to ``[B, T]`` when the batch is laid out ``[B, T]``).
+    Sequence networks (``is_sequence_model``, R2D2-style): sequences ``[B, T, ...]`` (batch
+    ``[B]`` or ``[B, T]``) with per-step ``action``, reward, discount and ``steps_to_next_obs``
+    ``m``; online and target networks each unroll the sequence once; step ``j`` bootstraps from
+    step ``j + m`` (:func:`~torchrl_rise.objectives.sequence_bootstrap`: not trained if outside);
+    the loss is the mean over trained steps per sequence; a sequence's priority is
+    ``eta max_j + (1 - eta) mean_j`` of its steps' priorities; the outputs are means over trained
+    steps. :class:`~torchrl_rise.objectives.SequenceIQNLoss` adds the replay's ``learn_mask``.
 
     Args:
         value_network: a network from :func:`~torchrl_rise.modules.make_q_network` (any
@@ -108,23 +197,19 @@ class IQNLoss(LossModule):
         munchausen_tau: softmax temperature (0.03).
         munchausen_alpha: scale of the log-policy bonus (0.9).
         munchausen_clip: lower clip ``l0`` of the log-policy bonus (-1).
-        munchausen_log_policy: ``"online"`` (default, BTR's code: the detached online quantiles at
-            ``s_t``, already computed, so no target pass at ``s_t``; about 1.2x faster updates on
-            CPU) or ``"target"`` (the M-IQN paper's definition: one more target pass).
+        munchausen_log_policy: ``"online"`` (BTR's code; no target pass at ``s_t``) or
+            ``"target"`` (the M-IQN paper; one more target pass).
         gamma: only used when ``("next", "discount")`` is absent:
             ``gamma ** steps_to_next_obs * (1 - terminated)``.
         num_target_taus: taus sampled for the target network (BTR: 8).
         delay_value: keep a target network (update it with
             :class:`~torchrl_rise.objectives.HardTargetUpdate`).
         resample_noise: resample the noisy layers of both networks at each call.
-        noisy_in_loss: run in ``RANDOM`` exploration mode (noise on), as BTR; ``False`` follows
-            TorchRL's default (``DETERMINISTIC``: noise off).
+        noisy_in_loss: ``RANDOM`` exploration mode (noise on); ``False``: ``DETERMINISTIC``.
         batched_target: evaluate the target at ``s_t`` and ``s_{t+n}`` in one batched call.
-        autocast_dtype: e.g. ``torch.bfloat16``: run the networks under autocast (the loss itself is
-            computed in float32).
-        sequence_priority_eta: R2D2's max/mean mix of per-step priorities (sequence networks).
-        priority_reduction: ``"btr_sum_mean"`` (BTR's code: sum over online taus, mean over
-            target taus) or ``"mean"`` (mean over both).
+        autocast_dtype: e.g. ``torch.bfloat16``: the networks under autocast (loss in float32).
+        sequence_priority_eta: R2D2's max/mean mix ``eta`` (sequence networks).
+        priority_reduction: ``"btr_sum_mean"`` or ``"mean"`` (see above).
 
     Example:
         >>> import torch
@@ -137,7 +222,7 @@ class IQNLoss(LossModule):
         ...     "next": {"pixels": px(), "reward": torch.ones(2, 1),
         ...              "discount": torch.full((2, 1), 0.99)}}, [2])
         >>> out = loss(td)
-        >>> out["loss"].shape, td["td_error"].shape
+        >>> out["loss"].shape, td["td_error"].shape  # td_error: the priorities
         (torch.Size([]), torch.Size([2]))
     """
 
@@ -154,11 +239,11 @@ class IQNLoss(LossModule):
             terminated: read under ``"next"`` when the discount is absent.
             steps_to_next_obs: steps ``m`` to the bootstrap state. Defaults to
                 ``"steps_to_next_obs"``.
-            priority: written per sample: ``|TD|`` reduced over the taus as
-                ``priority_reduction`` says. Defaults to ``"td_error"``.
+            priority: written: each sample's PER priority. Defaults to ``"td_error"`` (TorchRL's
+                key: what the replay's ``update_tensordict_priority`` reads).
             priority_weight: PER importance weights. Defaults to ``"priority_weight"`` (what
                 TorchRL's prioritized samplers and ``RiseReplayBuffer`` write); with that default,
-                the older ``"_weight"`` is read when ``"priority_weight"`` is absent.
+                the older ``"_weight"`` (TorchRL < 0.4) is read when ``"priority_weight"`` is absent.
             gate: gate written by the rise network, summarised in the output.
         """
 
@@ -202,30 +287,16 @@ class IQNLoss(LossModule):
         sequence_priority_eta: float = 0.9,
         priority_reduction: str = "btr_sum_mean",
     ) -> None:
-        if kappa <= 0:
-            raise ValueError(f"kappa must be > 0, got {kappa}.")
-        if munchausen_tau <= 0:
-            raise ValueError(f"munchausen_tau must be > 0, got {munchausen_tau}.")
-        if munchausen_clip > 0:
-            raise ValueError(f"munchausen_clip (l0) must be <= 0, got {munchausen_clip}.")
-        if munchausen_log_policy not in MUNCHAUSEN_LOG_POLICY:
-            raise ValueError(
-                f"munchausen_log_policy must be one of {MUNCHAUSEN_LOG_POLICY}, got "
-                f"{munchausen_log_policy!r}."
-            )
-        if priority_reduction not in PRIORITY_REDUCTIONS:
-            raise ValueError(
-                f"priority_reduction must be one of {PRIORITY_REDUCTIONS}, got "
-                f"{priority_reduction!r}."
-            )
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
-        if num_target_taus < 1:
-            raise ValueError(f"num_target_taus must be >= 1, got {num_target_taus}.")
-        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(
-                f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}."
-            )
+        _check_options(
+            kappa=kappa,
+            munchausen_tau=munchausen_tau,
+            munchausen_clip=munchausen_clip,
+            munchausen_log_policy=munchausen_log_policy,
+            priority_reduction=priority_reduction,
+            gamma=gamma,
+            num_target_taus=num_target_taus,
+            autocast_dtype=autocast_dtype,
+        )
         for attr in ("quantiles_key", "taus_key", "num_taus"):
             if not hasattr(value_network, attr):
                 raise TypeError(
@@ -311,18 +382,7 @@ class IQNLoss(LossModule):
         return td.select(*present)
 
     def _discount(self, td: TensorDictBase) -> torch.Tensor:
-        discount = td.get(("next", self.tensor_keys.discount), None)
-        if discount is not None:
-            return discount.float()
-        steps = td.get(self.tensor_keys.steps_to_next_obs, None)
-        terminated = td.get(("next", self.tensor_keys.terminated), None)
-        if steps is None or terminated is None:
-            raise KeyError(
-                "IQNLoss needs ('next', 'discount') or both 'steps_to_next_obs' and "
-                "('next', 'terminated') to compute gamma ** m * (1 - terminated); sample from "
-                "RiseReplayBuffer or add them."
-            )
-        return self.gamma ** steps.float() * (1.0 - terminated.float())
+        return _n_step_discount(td, self.tensor_keys, self.gamma)
 
     def _priority_weight(self, td: TensorDictBase) -> torch.Tensor | None:
         weight = td.get(self.tensor_keys.priority_weight, None)
@@ -331,46 +391,33 @@ class IQNLoss(LossModule):
             weight = td.get(_LEGACY_PRIORITY_WEIGHT, None)
         return weight
 
-    def _munchausen_bonus(self, q_mean: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        log_pi = self.munchausen_tau * F.log_softmax(q_mean / self.munchausen_tau, dim=-1)
-        chosen = log_pi.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return self.munchausen_alpha * chosen.clamp(min=self.munchausen_clip, max=0.0)
+    def _target(
+        self,
+        next_quantiles: torch.Tensor,
+        reward: torch.Tensor,
+        discount: torch.Tensor,
+        action: torch.Tensor,
+        q_bar: torch.Tensor,
+    ) -> torch.Tensor:
+        """:func:`iqn_target` with this loss's settings; ``q_bar`` ``[..., N, A]``: the quantiles
+        at ``s_t`` whose mean over the taus gives the Munchausen log-policy."""
+        return iqn_target(
+            next_quantiles,
+            reward,
+            discount,
+            munchausen=self.munchausen,
+            action=action,
+            log_policy_q=q_bar.mean(-2) if self.munchausen else None,
+            munchausen_tau=self.munchausen_tau,
+            munchausen_alpha=self.munchausen_alpha,
+            munchausen_clip=self.munchausen_clip,
+        )
 
-    def _next_value(self, z_next: torch.Tensor) -> torch.Tensor:
-        """Target quantiles ``[..., N', A]`` at s_{t+n} -> bootstrap value per tau ``[..., N']``."""
-        q_next = z_next.mean(-2)
-        if self.munchausen:
-            tau = self.munchausen_tau
-            pi = F.softmax(q_next / tau, dim=-1)
-            log_pi = tau * F.log_softmax(q_next / tau, dim=-1)
-            return (pi.unsqueeze(-2) * (z_next - log_pi.unsqueeze(-2))).sum(-1)
-        greedy = q_next.argmax(-1)
-        index = greedy[..., None, None].expand(*z_next.shape[:-1], 1)
-        return z_next.gather(-1, index).squeeze(-1)
-
-    def _priority(self, td_abs: torch.Tensor, num_taus: int) -> torch.Tensor:
-        """Per-sample priority from the mean ``|u|`` over the ``N x N'`` pairs."""
+    def _priority(self, mean_abs_td: torch.Tensor, num_taus: int) -> torch.Tensor:
+        """Per-sample priority from ``mean_ij |u_ij|`` (the mean over the ``N x N'`` pairs)."""
         if self.priority_reduction == "btr_sum_mean":
-            return td_abs * num_taus  # sum over the N online taus of the mean over target taus
-        return td_abs
-
-    def _action(self, td: TensorDictBase, num_actions: int) -> torch.Tensor:
-        action = td.get(self.tensor_keys.action)
-        if action.dtype.is_floating_point or action.dtype == torch.bool:
-            raise TypeError(
-                f"{self.tensor_keys.action!r} must be an integer index (Categorical spec), got "
-                f"dtype {action.dtype}; one-hot actions are not supported."
-            )
-        # The range check reads the actions on the host: free on the CPU, a device sync per
-        # update elsewhere and a graph break under torch.compile, so it runs on CPU tensors only
-        # (out of range on CUDA, gather raises a device-side assert).
-        check = action.device.type == "cpu" and not torch.compiler.is_compiling()
-        if check and action.numel() and (int(action.min()) < 0 or int(action.max()) >= num_actions):
-            raise ValueError(
-                f"actions must lie in [0, {num_actions}), got values in "
-                f"[{int(action.min())}, {int(action.max())}]."
-            )
-        return action.long()
+            return mean_abs_td * num_taus  # sum over the N online taus, mean over target taus
+        return mean_abs_td
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -394,7 +441,9 @@ class IQNLoss(LossModule):
         online = self._run(self.value_network_params, obs.copy())
         z = online.get(self.tensor_keys.quantiles).float()  # [B, N, A]
         taus = online.get(self.tensor_keys.taus).float()
-        action = self._action(td, z.shape[-1])
+        action = _action_index(
+            td.get(self.tensor_keys.action), z.shape[-1], key=self.tensor_keys.action
+        )
         z_taken = z.gather(-1, action.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(-1)
 
         with torch.no_grad():
@@ -407,8 +456,8 @@ class IQNLoss(LossModule):
                 )
             need_target_t = self.munchausen and self.munchausen_log_policy == "target"
             target_params = self._target_params()
-            net = self.value_network
-            with net.taus_override(self.num_target_taus):
+            z_t_target = None
+            with self.value_network.taus_override(self.num_target_taus):
                 if need_target_t and self.batched_target:
                     both = torch.cat([obs, next_obs], 0)
                     z_both = self._run(target_params, both).get(self.tensor_keys.quantiles)
@@ -416,27 +465,24 @@ class IQNLoss(LossModule):
                 else:
                     z_next = self._run(target_params, next_obs.copy())
                     z_next = z_next.get(self.tensor_keys.quantiles).float()
-                    z_t_target = None
                     if need_target_t:
                         z_t_target = self._run(target_params, obs.copy())
                         z_t_target = z_t_target.get(self.tensor_keys.quantiles).float()
             reward = td.get(("next", self.tensor_keys.reward)).float().reshape(-1)
             discount = self._discount(td).reshape(-1)
-            target = reward.unsqueeze(-1) + discount.unsqueeze(-1) * self._next_value(z_next)
-            if self.munchausen:
-                q_t = z_t_target.mean(-2) if need_target_t else z.detach().mean(-2)
-                target = target + self._munchausen_bonus(q_t, action).unsqueeze(-1)
+            q_bar = z_t_target if z_t_target is not None else z.detach()
+            target = self._target(z_next, reward, discount, action, q_bar)
 
-        per_sample, td_abs = quantile_huber_loss(z_taken, taus, target, kappa=self.kappa)
+        per_sample, mean_abs_td = quantile_huber_loss(z_taken, taus, target, kappa=self.kappa)
         weight = self._priority_weight(td)
         if weight is not None:
             per_sample = per_sample * weight.reshape(-1).to(per_sample.dtype)
         loss = per_sample.mean()
-        priority = self._priority(td_abs, z_taken.shape[-1])
+        priority = self._priority(mean_abs_td, z_taken.shape[-1])
         tensordict.set(self.tensor_keys.priority, priority.reshape(batch_shape), inplace=True)
         out = TensorDict(
             loss=loss,
-            td_error_mean=td_abs.mean(),
+            td_error_mean=mean_abs_td.mean(),
             q_value_mean=z.detach().mean(),
             target_mean=target.mean(),
         )
@@ -444,6 +490,21 @@ class IQNLoss(LossModule):
         if gate is not None:
             out.update(gate_statistics_tensors(gate))
         return out
+
+    # --- sequences (recurrent_baseline) -----------------------------------------------------
+    def _trained_positions(self, td: TensorDictBase, burn: int) -> torch.Tensor | None:
+        """The positions after the burn-in to train ``[B, L]`` (bool); ``None``: all of them."""
+        return None
+
+    def _per_step(self, td: TensorDictBase, key: NestedKey, burn: int) -> torch.Tensor:
+        """A per-position entry ``[B, T(, 1)]`` as ``[B, L]``: the positions after the burn-in."""
+        value = td.get(key, None)
+        if value is None:
+            raise KeyError(
+                f"a sequence network needs {key!r} per position ([B, T, ...]); sample the batch "
+                "from SequenceReplayBuffer."
+            )
+        return value.reshape(*value.shape[:2])[:, burn:]
 
     def _forward_sequence(self, tensordict: TensorDictBase) -> TensorDictBase:
         if tensordict.batch_dims == 2:  # [B, T] layout (e.g. TorchRL's SliceSampler, reshaped)
@@ -466,55 +527,36 @@ class IQNLoss(LossModule):
         online = self._run(self.value_network_params, obs.copy())
         z = online.get(self.tensor_keys.quantiles).float()  # [B, L, N, A]
         taus = online.get(self.tensor_keys.taus).float()
-        steps = z.shape[1]
-        burn = tensordict.get(self.value_network_in_keys[0]).shape[1] - steps
-        action = self._action(tensordict, z.shape[-1])[:, burn:]
+        burn = tensordict.get(self.value_network_in_keys[0]).shape[1] - z.shape[1]
+        trained = self._trained_positions(tensordict, burn)
+        action = _action_index(
+            tensordict.get(self.tensor_keys.action), z.shape[-1], key=self.tensor_keys.action
+        )
+        action = action[:, burn:]
         z_taken = z.gather(-1, action[..., None, None].expand(*z.shape[:-1], 1)).squeeze(-1)
         with torch.no_grad():
             with self.value_network.taus_override(self.num_target_taus):
                 z_target = self._run(self._target_params(), obs.copy())
                 z_target = z_target.get(self.tensor_keys.quantiles).float()  # [B, L, N', A]
-            reward = tensordict.get(("next", self.tensor_keys.reward)).float()
-            reward = reward.reshape(*reward.shape[:2])[:, burn:]
+            reward = self._per_step(tensordict, ("next", self.tensor_keys.reward), burn).float()
             discount = self._discount(tensordict)
             discount = discount.reshape(*discount.shape[:2])[:, burn:]
-            m = tensordict.get(self.tensor_keys.steps_to_next_obs, None)
-            if m is None:
-                raise KeyError(
-                    "a sequence network needs 'steps_to_next_obs' to find each step's bootstrap "
-                    "state inside the sequence."
-                )
-            m = m.reshape(*m.shape[:2])[:, burn:].long()
-            boot = torch.arange(steps, device=m.device) + m
-            valid = boot < steps
-            boot = boot.clamp(max=steps - 1)
-            z_boot = z_target.gather(
-                1, boot[..., None, None].expand(*boot.shape, *z_target.shape[2:])
-            )
-            target = reward.unsqueeze(-1) + discount.unsqueeze(-1) * self._next_value(z_boot)
-            if self.munchausen:
-                q_t = (
-                    z_target.mean(-2)
-                    if self.munchausen_log_policy == "target"
-                    else z.detach().mean(-2)
-                )
-                target = target + self._munchausen_bonus(q_t, action).unsqueeze(-1)
-        per_step, td_abs = quantile_huber_loss(z_taken, taus, target, kappa=self.kappa)
-        valid_f = valid.to(per_step.dtype)
-        count = valid_f.sum(1).clamp_min(1.0)
-        per_seq = (per_step * valid_f).sum(1) / count
+            m = self._per_step(tensordict, self.tensor_keys.steps_to_next_obs, burn).long()
+            z_boot, trained = sequence_bootstrap(z_target, m, mask=trained)
+            q_bar = z_target if self.munchausen_log_policy == "target" else z.detach()
+            target = self._target(z_boot, reward, discount, action, q_bar)
+        per_step, mean_abs_td = quantile_huber_loss(z_taken, taus, target, kappa=self.kappa)
         weight = self._priority_weight(tensordict)
-        if weight is not None:  # per sequence; a [B, T] layout repeats it along T
-            per_seq = per_seq * weight.reshape(per_seq.shape[0], -1)[:, 0].to(per_seq.dtype)
-        loss = per_seq.mean()
-        td_abs = td_abs * valid_f
-        eta = self.sequence_priority_eta
-        mixed = eta * td_abs.max(1).values + (1 - eta) * td_abs.sum(1) / count
+        loss, mixed, mean_abs_td = _reduce_sequences(
+            per_step, mean_abs_td, trained, weight=weight, eta=self.sequence_priority_eta
+        )
         priority = self._priority(mixed, z_taken.shape[-1])
         tensordict.set(self.tensor_keys.priority, priority, inplace=True)
+        trained_f = trained.to(per_step.dtype)
+        n_trained = trained_f.sum().clamp_min(1.0)
         return TensorDict(
             loss=loss,
-            td_error_mean=mixed.mean(),
-            q_value_mean=z.detach().mean(),
-            target_mean=target.mean(),
+            td_error_mean=mean_abs_td.sum() / n_trained,
+            q_value_mean=(z.detach().mean((-2, -1)) * trained_f).sum() / n_trained,
+            target_mean=(target.mean(-1) * trained_f).sum() / n_trained,
         )

@@ -1,11 +1,122 @@
-"""BTR's hard target-network update: a full copy every ``interval`` updates, buffers included."""
+"""Targets of BTR's loss: the functional n-step Munchausen-IQN target and the target network's
+hard update (a full copy every ``interval`` updates, buffers included).
+
+:func:`iqn_target` is the one definition of the target that :class:`~torchrl_rise.objectives.IQNLoss`
+(transitions and sequences) and :class:`~torchrl_rise.objectives.SequenceIQNLoss` use;
+:func:`sequence_bootstrap` finds a sequence's bootstrap quantiles and masks the positions whose
+bootstrap falls outside it.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchrl.objectives import LossModule, TargetNetUpdater
 
-__all__ = ["HardTargetUpdate"]
+__all__ = ["HardTargetUpdate", "iqn_target", "sequence_bootstrap"]
+
+
+def iqn_target(
+    next_quantiles: torch.Tensor,
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    *,
+    munchausen: bool = True,
+    action: torch.Tensor | None = None,
+    log_policy_q: torch.Tensor | None = None,
+    munchausen_tau: float = 0.03,
+    munchausen_alpha: float = 0.9,
+    munchausen_clip: float = -1.0,
+) -> torch.Tensor:
+    """The n-step (Munchausen) IQN target quantiles ``T_j`` of BTR's loss.
+
+    With ``q'(b)`` the mean over the target taus of ``next_quantiles`` (``Z'_j(b)``, the target
+    network at the bootstrap state ``s_{t+n}``) and ``tau_m`` the Munchausen temperature::
+
+        pi'(b) = softmax(q' / tau_m)(b),   l'(b) = tau_m * log_softmax(q' / tau_m)(b)
+        T_j    = R + gamma_m * sum_b pi'(b) * (Z'_j(b) - l'(b))
+                   + alpha * clip(tau_m * log_softmax(log_policy_q / tau_m)[a], l0, 0)
+
+    Without Munchausen: ``T_j = R + gamma_m * Z'_j(argmax_b q'(b))`` (no double DQN, as BTR). The
+    leading dims ``[...]`` are anything (a batch ``[B]``, sequences ``[B, T]``).
+
+    Args:
+        next_quantiles: target quantiles at ``s_{t+n}``, ``[..., N', A]``.
+        reward: the n-step return ``R``, ``[...]``.
+        discount: ``gamma_m = gamma ** m`` (0 after termination), ``[...]``.
+
+    Keyword Args:
+        munchausen: add the Munchausen terms (soft bootstrap and log-policy bonus).
+        action: the taken action ``a`` ``[...]`` (int64); needed with ``munchausen``.
+        log_policy_q: ``q_bar(s_t, .)`` ``[..., A]``, the action values whose log-policy gives the
+            bonus (BTR: the detached online network; M-IQN: the target network); needed with
+            ``munchausen``.
+        munchausen_tau: softmax temperature ``tau_m``.
+        munchausen_alpha: scale ``alpha`` of the log-policy bonus.
+        munchausen_clip: lower clip ``l0`` of the log-policy bonus.
+
+    Returns:
+        the target quantiles ``[..., N']`` (computed from what it is given: call it under
+        ``torch.no_grad()``).
+
+    Example:
+        >>> import torch
+        >>> z_next = torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])  # [B=1, N'=2, A=2]
+        >>> iqn_target(z_next, torch.tensor([1.0]), torch.tensor([0.5]), munchausen=False)
+        tensor([[2.5000, 3.5000]])
+    """
+    q_next = next_quantiles.mean(-2)
+    if munchausen:
+        if action is None or log_policy_q is None:
+            raise ValueError("the Munchausen target needs the action and log_policy_q.")
+        tau = munchausen_tau
+        pi = F.softmax(q_next / tau, dim=-1)
+        log_pi = tau * F.log_softmax(q_next / tau, dim=-1)
+        next_value = (pi.unsqueeze(-2) * (next_quantiles - log_pi.unsqueeze(-2))).sum(-1)
+    else:
+        greedy = q_next.argmax(-1)
+        index = greedy[..., None, None].expand(*next_quantiles.shape[:-1], 1)
+        next_value = next_quantiles.gather(-1, index).squeeze(-1)
+    target = reward.unsqueeze(-1) + discount.unsqueeze(-1) * next_value
+    if munchausen:
+        log_pi_t = tau * F.log_softmax(log_policy_q / tau, dim=-1)
+        chosen = log_pi_t.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        bonus = munchausen_alpha * chosen.clamp(min=munchausen_clip, max=0.0)
+        target = target + bonus.unsqueeze(-1)
+    return target
+
+
+def sequence_bootstrap(
+    quantiles: torch.Tensor, steps_to_next_obs: torch.Tensor, *, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bootstrap quantiles inside sequences: position ``j`` bootstraps from ``j + m_j``.
+
+    Args:
+        quantiles: one network pass over the sequences, ``[B, L, N', A]``.
+        steps_to_next_obs: ``m`` per position, ``[B, L]`` (int64).
+
+    Keyword Args:
+        mask: the positions to train ``[B, L]`` (bool); ``None``: all of them.
+
+    Returns:
+        the quantiles at ``j + m_j`` ``[B, L, N', A]`` and the trained positions ``[B, L]``:
+        ``mask`` without those whose bootstrap ``j + m_j`` lies past the sequence's end (their
+        quantiles are the last position's, to be masked out).
+
+    Example:
+        >>> import torch
+        >>> z = torch.arange(3.0).view(1, 3, 1, 1)
+        >>> boot, trained = sequence_bootstrap(z, torch.tensor([[1, 1, 1]]))
+        >>> boot.flatten().tolist(), trained.tolist()
+        ([1.0, 2.0, 2.0], [[True, True, False]])
+    """
+    steps = quantiles.shape[1]
+    boot = torch.arange(steps, device=steps_to_next_obs.device) + steps_to_next_obs
+    inside = boot < steps
+    trained = inside if mask is None else mask & inside
+    boot = boot.clamp(max=steps - 1)
+    index = boot[..., None, None].expand(*boot.shape, *quantiles.shape[2:])
+    return quantiles.gather(1, index), trained
 
 
 class HardTargetUpdate(TargetNetUpdater):
