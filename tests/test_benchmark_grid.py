@@ -11,6 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip(
+    "rliable", reason="the grid's report needs rliable (absent from a GPU-only install)"
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -393,7 +397,7 @@ def test_the_cpu_ablation_grid_config(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base="1.3"):
         cfg = compose("ablation_cpu", overrides=[f"output_dir={tmp_path}"])
     grid = benchmark.build_grid(cfg)
-    assert {c.suite for c in grid} == {"vizdoom", "miniworld"} and len(grid) == 2 * 6 * 3
+    assert {c.suite for c in grid} == {"vizdoom", "miniworld"} and len(grid) == 2 * 8 * 3
     base = {}
     for cell in grid:
         args = benchmark.cell_command(cfg, cell, cell.run_dir(tmp_path))
@@ -403,4 +407,11 @@ def test_the_cpu_ablation_grid_config(tmp_path):
     assert base["rise_gate3"] == base["rise"] + ["++network.kwargs.gate_bias_init=3.0"]
     assert base["rise_gate1"] == base["rise"] + ["++network.kwargs.gate_bias_init=1.0"]
     assert base["rise_zeroproj"] == base["rise"] + ["++network.kwargs.context_proj_zero_init=true"]
+    assert base["rise_gate2x"] == base["rise"] + ["++network.kwargs.gate_scale=2.0"]
+    # the one combined row: the gate scaled by 2 and started at exactly 1
+    assert base["rise_gate2x_zero"] == base["rise"] + [
+        "++network.kwargs.gate_scale=2.0",
+        "++network.kwargs.gate_bias_init=0.0",
+        "++network.kwargs.context_proj_zero_init=true",
+    ]
     assert cfg.publish_dir.endswith("docs/results_ablation/ablation")

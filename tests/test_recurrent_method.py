@@ -215,6 +215,7 @@ def test_a_sampled_batch_is_sequences(tmp_path):
 
 
 def test_benchmark_grid_accepts_recurrent_and_names_the_methods():
+    pytest.importorskip("rliable", reason="the grid's report needs rliable")
     import importlib.util
     import sys
 

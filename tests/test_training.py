@@ -327,6 +327,7 @@ def test_evaluate_rejects_zero_episodes():
 
 
 def test_run_logger_writes_evaluation_videos(tmp_path):
+    pytest.importorskip("moviepy", reason="videos are written with moviepy")
     log = RunLogger(tmp_path, backends=["csv"])
     frames = np.random.default_rng(0).integers(0, 255, (6, 16, 16), dtype=np.uint8)
     path = log.log_video(frames, step=64, fps=10)

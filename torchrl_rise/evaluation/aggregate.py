@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from rliable import metrics as rly_metrics
 
 __all__ = [
     "METRICS",
@@ -46,6 +45,32 @@ class IntervalEstimate(NamedTuple):
         return f"{self.point:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
+def rliable_metrics():
+    """:mod:`rliable.metrics`, imported when an aggregate is first computed.
+
+    rliable is a dependency of torchrl_rise; importing it lazily keeps the rest of
+    :mod:`torchrl_rise.evaluation` (normalisation, reference scores, the context probe) usable
+    in an install without it, such as a GPU machine with only the wheels docs/gpu.md lists.
+    """
+    try:
+        from rliable import metrics
+    except ImportError as error:
+        raise ImportError(
+            "the aggregate scores need rliable, a dependency of torchrl_rise: "
+            "pip install 'rliable>=1.2' 'pandas<3' (or reinstall torchrl_rise)."
+        ) from error
+    return metrics
+
+
+def _rliable_metric(name: str):
+    def metric(scores: np.ndarray, *args, **kwargs):
+        return getattr(rliable_metrics(), name)(scores, *args, **kwargs)
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = f":func:`rliable.metrics.{name}` (rliable imported on first use)."
+    return metric
+
+
 def iqm(scores: np.ndarray) -> float:
     """Interquartile mean: the 25%-trimmed mean over all runs and tasks pooled (rliable's).
 
@@ -53,7 +78,7 @@ def iqm(scores: np.ndarray) -> float:
         >>> iqm(np.array([[0.0, 1.0], [2.0, 100.0]]))
         1.5
     """
-    return float(rly_metrics.aggregate_iqm(np.asarray(scores, dtype=np.float64)))
+    return float(rliable_metrics().aggregate_iqm(np.asarray(scores, dtype=np.float64)))
 
 
 def optimality_gap(scores: np.ndarray, *, gamma: float = 1.0) -> float:
@@ -66,15 +91,17 @@ def optimality_gap(scores: np.ndarray, *, gamma: float = 1.0) -> float:
         0.25
     """
     return float(
-        rly_metrics.aggregate_optimality_gap(np.asarray(scores, dtype=np.float64), gamma=gamma)
+        rliable_metrics().aggregate_optimality_gap(
+            np.asarray(scores, dtype=np.float64), gamma=gamma
+        )
     )
 
 
 METRICS = {
-    "median": rly_metrics.aggregate_median,
-    "iqm": rly_metrics.aggregate_iqm,
-    "mean": rly_metrics.aggregate_mean,
-    "optimality_gap": rly_metrics.aggregate_optimality_gap,
+    "median": _rliable_metric("aggregate_median"),
+    "iqm": _rliable_metric("aggregate_iqm"),
+    "mean": _rliable_metric("aggregate_mean"),
+    "optimality_gap": _rliable_metric("aggregate_optimality_gap"),
 }
 """Metric name -> rliable's function of a ``[runs, tasks]`` matrix (:mod:`rliable.metrics`).
 Median and mean are over the per-task mean scores; IQM and optimality gap pool all runs and
@@ -248,7 +275,7 @@ def probability_of_improvement(
         )
     points, intervals = _interval_estimates(
         {"p": [x, y]},
-        rly_metrics.probability_of_improvement,
+        _rliable_metric("probability_of_improvement"),
         reps=reps,
         confidence=confidence,
         seed=seed,
