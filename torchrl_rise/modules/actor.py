@@ -164,7 +164,8 @@ def make_actor(
         action_value_key: key of the mean Q-values the greedy action is taken from.
 
     Returns:
-        a :class:`~tensordict.nn.TensorDictSequential` with a ``step(frames)`` method.
+        a :class:`~tensordict.nn.TensorDictSequential` with a ``step(frames)`` method and an
+        ``exploration_eps`` property.
 
     Example:
         >>> import torch
@@ -202,10 +203,20 @@ def make_actor(
 
 
 class _Actor(TensorDictSequential):
-    """TensorDictSequential whose ``step(frames)`` advances the eps-greedy schedule."""
+    """TensorDictSequential whose ``step(frames)`` advances the eps-greedy schedule.
+
+    What a training loop needs of the acting policy: :meth:`step` after each collected batch and
+    :attr:`exploration_eps` for the logs (the eps-greedy step is its last module).
+    """
 
     def step(self, frames: int = 1) -> None:
+        """Advance the eps-greedy schedule by ``frames`` simulator frames."""
         self.module[-1].step(frames)
+
+    @property
+    def exploration_eps(self) -> float:
+        """The eps the next collected batch acts with."""
+        return float(self.module[-1].eps)
 
 
 class EvalEGreedyModule(EGreedyModule):

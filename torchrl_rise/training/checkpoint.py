@@ -199,13 +199,7 @@ def save_checkpoint(
         5
     """
     if not crash:
-        bad = nonfinite_tensors(state)
-        if bad:
-            raise NonFiniteStateError(
-                f"refusing to write a checkpoint at step {step}: {len(bad)} tensors hold NaN/inf "
-                f"(first: {', '.join(bad[:5])}). The previous checkpoints are kept; lower "
-                "optim.lr or check the rewards."
-            )
+        _refuse_nonfinite(state, step=step)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{CRASH_PREFIX if crash else PREFIX}{step:012d}"
@@ -240,13 +234,35 @@ def save_checkpoint(
         logger.warning("crash checkpoint saved to %s (resume from it only by its path)", final)
         return final
     write_atomic(directory / LATEST, (final.name + "\n").encode())
+    _prune(directory, final, keep=keep, on_pruned=on_pruned)
+    logger.info("checkpoint saved to %s", final)
+    return final
+
+
+def _refuse_nonfinite(state: dict[str, Any], *, step: int) -> None:
+    """Raise :class:`NonFiniteStateError` if a float of ``state`` is NaN/inf."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteStateError(
+            f"refusing to write a checkpoint at step {step}: {len(bad)} tensors hold NaN/inf "
+            f"(first: {', '.join(bad[:5])}). The previous checkpoints are kept; lower "
+            "optim.lr or check the rewards."
+        )
+
+
+def _prune(
+    directory: Path,
+    final: Path,
+    *,
+    keep: int,
+    on_pruned: Callable[[list[Path]], Any] | None,
+) -> None:
+    """Delete the regular checkpoints older than the ``keep - 1`` before ``final``."""
     old = sorted(p for p in directory.glob(f"{PREFIX}*") if p.is_dir() and p != final)
     for stale in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(stale, ignore_errors=True)
     if on_pruned is not None:
         on_pruned(sorted(p for p in directory.iterdir() if p.is_dir() and _is_checkpoint_name(p)))
-    logger.info("checkpoint saved to %s", final)
-    return final
 
 
 def _is_checkpoint_name(path: Path) -> bool:

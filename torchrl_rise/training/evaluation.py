@@ -7,9 +7,11 @@ episodes in flight are not disturbed. Scores are the raw (unclipped) episode sco
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,89 +140,182 @@ def evaluate(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
     batch = env.batch_size.numel() if len(env.batch_size) else 1
-    per_env = math.ceil(episodes / batch)
-    quota = torch.full((batch,), per_env, dtype=torch.long)
-    running = torch.zeros(batch, dtype=torch.float64)
-    steps = torch.zeros(batch, dtype=torch.long)
-    result = EvalResult()
-    successes: list[float] = []
-    video: list[np.ndarray] = []
-    recording = record_video
+    tally = _Tally(batch, math.ceil(episodes / batch), score_key=score_key, success_key=success_key)
+    video = _Video(pixels_key, frame_channels) if record_video else None
+    act = functools.partial(
+        _act, policy, eps=eps, generator=generator, device=device, q_key=action_value_key
+    )
+    with _eval_mode(policy):
+        td = env.reset()
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            interrupted = _play(
+                env,
+                td,
+                act,
+                tally,
+                video,
+                max_steps=max_steps,
+                episodes=episodes,
+                action_key=action_key,
+                should_stop=should_stop,
+            )
+    return tally.result(episodes, interrupted=interrupted, video=video)
+
+
+@contextlib.contextmanager
+def _eval_mode(policy: Any) -> Iterator[None]:
+    """``policy.eval()`` while this lasts (back to ``train()`` if it was training)."""
     was_training = getattr(policy, "training", False)
     if hasattr(policy, "eval"):
         policy.eval()
     try:
-        td = env.reset()
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            for _ in range(per_env * max_steps):
-                if should_stop is not None and should_stop():
-                    result.interrupted = True
-                    logger.info(
-                        "evaluation abandoned after %d of %d episodes: stop requested",
-                        result.n,
-                        episodes,
-                    )
-                    break
-                if device is None:
-                    td = policy(td)
-                    q = td.get(action_value_key)
-                else:
-                    q = policy(td.to(device)).get(action_value_key).cpu()
-                greedy = q.argmax(-1)
-                if eps > 0:
-                    explore = torch.rand(greedy.shape, generator=generator) < eps
-                    rand = torch.randint(q.shape[-1], greedy.shape, generator=generator)
-                    greedy = torch.where(explore, rand, greedy)
-                td.set(action_key, greedy)
-                if recording:
-                    pixels = td.get(pixels_key)
-                    video.append(
-                        _last_frame(pixels.reshape(-1, *pixels.shape[-3:])[0], frame_channels)
-                    )
-                td, td_next = env.step_and_maybe_reset(td)
-                nxt = td.get("next")
-                reward = nxt.get(keys.REWARD).reshape(batch).double()
-                running += reward
-                steps += 1
-                done = nxt.get(keys.DONE).reshape(batch)
-                if done.any():
-                    raw = (
-                        nxt.get(score_key).reshape(batch).double()
-                        if score_key is not None and score_key in nxt
-                        else running
-                    )
-                    success = (
-                        nxt.get(success_key).reshape(batch).float() if success_key in nxt else None
-                    )
-                    for i in done.nonzero().flatten().tolist():
-                        if quota[i] > 0:
-                            result.scores.append(float(raw[i]))
-                            result.lengths.append(int(steps[i]))
-                            if success is not None:
-                                successes.append(float(success[i]))
-                            quota[i] -= 1
-                        if i == 0:
-                            recording = False
-                    running[done] = 0
-                    steps[done] = 0
-                if (quota <= 0).all():
-                    break
-                td = td_next
-            else:
-                logger.warning(
-                    "evaluation stopped after %d vector steps with %d of %d episodes finished; "
-                    "raise eval.max_steps if episodes are longer",
-                    per_env * max_steps,
-                    result.n,
-                    per_env * batch,
-                )
+        yield
     finally:
         if was_training and hasattr(policy, "train"):
             policy.train()
-    result.scores = result.scores[:episodes]
-    result.lengths = result.lengths[:episodes]
-    if successes:
-        result.successes = successes[:episodes]
-    if record_video and video:
-        result.frames = np.stack(video)
-    return result
+
+
+class _Video:
+    """The newest frame of env 0 at each step, cut out of its frame stack."""
+
+    def __init__(self, pixels_key: str, frame_channels: int) -> None:
+        self.pixels_key = pixels_key
+        self.frame_channels = frame_channels
+        self.frames: list[np.ndarray] = []
+
+    def add(self, td: TensorDictBase) -> None:
+        pixels = td.get(self.pixels_key)
+        self.frames.append(
+            _last_frame(pixels.reshape(-1, *pixels.shape[-3:])[0], self.frame_channels)
+        )
+
+
+def _act(
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    td: TensorDictBase,
+    *,
+    eps: float,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    q_key: str,
+) -> tuple[TensorDictBase, torch.Tensor]:
+    """The eps-greedy actions on the policy's Q-values (and ``td``, with the policy's outputs)."""
+    if device is None:
+        td = policy(td)
+        q = td.get(q_key)
+    else:
+        q = policy(td.to(device)).get(q_key).cpu()
+    greedy = q.argmax(-1)
+    if eps > 0:
+        explore = torch.rand(greedy.shape, generator=generator) < eps
+        rand = torch.randint(q.shape[-1], greedy.shape, generator=generator)
+        greedy = torch.where(explore, rand, greedy)
+    return td, greedy
+
+
+def _play(
+    env: EnvBase,
+    td: TensorDictBase,
+    act: Callable[[TensorDictBase], tuple[TensorDictBase, torch.Tensor]],
+    tally: _Tally,
+    video: _Video | None,
+    *,
+    max_steps: int,
+    episodes: int,
+    action_key: str,
+    should_stop: Callable[[], bool] | None,
+) -> bool:
+    """Step ``env`` from ``td`` until ``tally`` has its episodes; return whether it was abandoned.
+
+    ``video`` (if given) gets the newest frame of env 0 at every step of its first episode.
+    """
+    recording = video is not None
+    for _ in range(tally.per_env * max_steps):
+        if should_stop is not None and should_stop():
+            logger.info(
+                "evaluation abandoned after %d of %d episodes: stop requested",
+                len(tally.scores),
+                episodes,
+            )
+            return True
+        td, actions = act(td)
+        td.set(action_key, actions)
+        if recording:
+            video.add(td)
+        td, td_next = env.step_and_maybe_reset(td)
+        if tally.add(td.get("next")):
+            recording = False  # env 0's first episode ended
+        if tally.complete:
+            return False
+        td = td_next
+    logger.warning(
+        "evaluation stopped after %d vector steps with %d of %d episodes finished; "
+        "raise eval.max_steps if episodes are longer",
+        tally.per_env * max_steps,
+        len(tally.scores),
+        tally.per_env * tally.batch,
+    )
+    return False
+
+
+class _Tally:
+    """The running scores, lengths and episode quotas of one evaluation's ``batch`` envs.
+
+    Each env contributes its first ``per_env`` episodes.
+    """
+
+    def __init__(self, batch: int, per_env: int, *, score_key: str | None, success_key: str):
+        self.batch = batch
+        self.per_env = per_env
+        self.score_key = score_key
+        self.success_key = success_key
+        self.quota = torch.full((batch,), per_env, dtype=torch.long)
+        self.running = torch.zeros(batch, dtype=torch.float64)
+        self.steps = torch.zeros(batch, dtype=torch.long)
+        self.scores: list[float] = []
+        self.lengths: list[int] = []
+        self.successes: list[float] = []
+
+    @property
+    def complete(self) -> bool:
+        """Every env finished its episodes."""
+        return bool((self.quota <= 0).all())
+
+    def add(self, nxt: TensorDictBase) -> bool:
+        """Count one vector step's ``next``; return whether env 0 ended an episode."""
+        batch = self.batch
+        self.running += nxt.get(keys.REWARD).reshape(batch).double()
+        self.steps += 1
+        done = nxt.get(keys.DONE).reshape(batch)
+        if not done.any():
+            return False
+        score_key, success_key = self.score_key, self.success_key
+        raw = (
+            nxt.get(score_key).reshape(batch).double()
+            if score_key is not None and score_key in nxt
+            else self.running
+        )
+        success = nxt.get(success_key).reshape(batch).float() if success_key in nxt else None
+        for i in done.nonzero().flatten().tolist():
+            if self.quota[i] > 0:
+                self.scores.append(float(raw[i]))
+                self.lengths.append(int(self.steps[i]))
+                if success is not None:
+                    self.successes.append(float(success[i]))
+                self.quota[i] -= 1
+        self.running[done] = 0
+        self.steps[done] = 0
+        return bool(done[0])
+
+    def result(self, episodes: int, *, interrupted: bool, video: _Video | None) -> EvalResult:
+        """The first ``episodes`` episodes as an :class:`EvalResult`."""
+        result = EvalResult(
+            scores=self.scores[:episodes],
+            lengths=self.lengths[:episodes],
+            interrupted=interrupted,
+        )
+        if self.successes:
+            result.successes = self.successes[:episodes]
+        if video is not None and video.frames:
+            result.frames = np.stack(video.frames)
+        return result

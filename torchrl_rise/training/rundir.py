@@ -22,27 +22,33 @@ without waiting, so a live holder fails the start first) before calling anything
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchrl_rise.training.builders import _safe_name
 from torchrl_rise.training.checkpoint import (
     CRASH_PREFIX,
     PREFIX,
+    RunLock,
+    find_latest_checkpoint,
     list_checkpoints,
     remove_stale_temp,
 )
-from torchrl_rise.training.config import ConfigError
+from torchrl_rise.training.config import ConfigError, TrainConfig
 
 __all__ = [
     "PARTIAL_PREFIX",
     "RUN_FILES",
     "RUN_MARKERS",
     "RunDirState",
+    "RunDirectory",
     "inspect_run_dir",
     "no_checkpoint_message",
     "prepare_run_dir",
@@ -236,3 +242,182 @@ def no_checkpoint_message(resume: str) -> str:
             f"logging.run_dir={path} resume=true."
         )
     return f"{base} To start a new run there: logging.run_dir={path} resume=true."
+
+
+def _stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """``mkdir -p path``; return the topmost directory this call created (``None``: none)."""
+    path = Path(path)
+    top = None
+    probe = path
+    while not probe.exists():
+        top = probe
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+class RunDirectory:
+    """A run's directory: where it is, its lock, what a dead run left in it, its ``train.log``.
+
+    :meth:`open` resolves the directory of ``cfg`` (``logging.run_dir``, or a new time stamped
+    folder under ``<logging.root>/<suite>/<env>/<method>/seed<seed>``, or the run a resume
+    names), creates it, takes its :class:`~torchrl_rise.training.checkpoint.RunLock` and decides
+    with :func:`prepare_run_dir` what the start does; :meth:`close` releases the lock and, if
+    asked, removes what this start created.
+
+    Args:
+        cfg: the run's configuration.
+
+    Example:
+        >>> import tempfile
+        >>> from torchrl_rise.training import load_config
+        >>> cfg = load_config({"logging": {"run_dir": tempfile.mkdtemp() + "/run"}})
+        >>> run = RunDirectory(cfg)
+        >>> run.open(), run.path.name, run.locked
+        (([], None), 'run', True)
+        >>> run.close(remove=True); run.path.exists(), run.locked
+        (False, False)
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.path: Path | None = None
+        self._lock: RunLock | None = None
+        self._created: Path | None = None
+
+    @staticmethod
+    def parent(cfg: TrainConfig) -> Path:
+        """Where the runs of ``cfg`` go without ``logging.run_dir``."""
+        return (
+            Path(cfg.logging.root)
+            / cfg.env.suite
+            / _safe_name(cfg.env.env_id)
+            / cfg.method
+            / f"seed{cfg.seed}"
+        )
+
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds the run lock."""
+        return self._lock is not None
+
+    @property
+    def checkpoints(self) -> Path:
+        """``<run>/checkpoints``."""
+        return self.path / "checkpoints"
+
+    def resolve(self) -> tuple[Path, Path | None]:
+        """The run directory and, for an explicit resume path, its checkpoint (unverified)."""
+        cfg = self.cfg
+        resume = cfg.resume
+        if resume is False:
+            if cfg.logging.run_dir:
+                return Path(cfg.logging.run_dir), None
+            return self.parent(cfg) / _stamp(), None
+        if resume is True:
+            parent = Path(cfg.logging.run_dir) if cfg.logging.run_dir else self.parent(cfg)
+            candidates = (
+                [parent]
+                if cfg.logging.run_dir
+                else sorted((p for p in parent.glob("*") if p.is_dir()), reverse=True)
+            )
+            for run in candidates:
+                if list_checkpoints(run):
+                    return run, None
+            if cfg.logging.run_dir:  # nothing to resume: a new run (prepare_run_dir)
+                return parent, None
+            return parent / _stamp(), None
+        ckpt = find_latest_checkpoint(resume)
+        if ckpt is None:
+            raise ConfigError(no_checkpoint_message(resume))
+        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        return run, ckpt
+
+    def open(self) -> tuple[list[Path], str | None]:
+        """Resolve, create and lock the run directory; the checkpoints to try and a note to log.
+
+        ``resume=true`` tries the regular checkpoints newest first (falling back from damaged
+        ones); an explicit resume path is the only candidate; none: a new run from frame 0 (a
+        run that stopped before its first checkpoint is moved to ``partial-<n>/`` first). A
+        directory holding checkpoints is refused to a new run (:func:`prepare_run_dir`).
+        """
+        cfg = self.cfg
+        run, explicit = self.resolve()
+        self._created = _make_dirs(run)
+        self.path = run
+        try:
+            self._lock = RunLock(run).acquire()  # first: a live run's directory is never touched
+            searched = None if cfg.logging.run_dir else self.parent(cfg)
+            return prepare_run_dir(run, resume=cfg.resume, explicit=explicit, searched=searched)
+        except BaseException:
+            self.close(remove=True)
+            raise
+
+    def close(self, *, remove: bool) -> None:
+        """Release the run lock; with ``remove``, delete the run directory if this run made it."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if remove and self._created is not None:
+            # The run dir goes; of the parents this run made, only the empty ones (another run
+            # may have started under them meanwhile).
+            shutil.rmtree(self.path, ignore_errors=True)
+            if self._created != self.path and self._created in self.path.parents:
+                for parent in self.path.parents:
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
+                    if parent == self._created:
+                        break
+            self._created = None
+
+    def release(self, *, wrote: bool) -> None:
+        """Release the lock at the end of a run; a run that wrote nothing leaves nothing behind.
+
+        Keyword Args:
+            wrote: the run wrote something worth keeping (its summary, collected data); the
+                directory is also kept while it holds a checkpoint.
+        """
+        self.close(remove=not (wrote or bool(list_checkpoints(self.path))))
+
+    def reclaim(self, *, own_scratch: bool) -> None:
+        """Delete what a dead run left behind (under the run lock: nobody else is here).
+
+        Keyword Args:
+            own_scratch: the replay's scratch memmaps live in ``<run>/replay_scratch``.
+        """
+        run = self.path
+        removed = [p.name for p in remove_stale_temp(self.checkpoints)]
+        scratch = run / "replay_scratch"
+        if own_scratch and scratch.exists():
+            size = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(f"replay_scratch/ ({size / 2**20:.1f} MiB)")
+        if removed:
+            pid = self._lock.previous_pid if self._lock is not None else None
+            logger.warning(
+                "reclaimed what a dead run%s left in %s: %s",
+                f" (pid {pid})" if pid else "",
+                run,
+                ", ".join(removed),
+            )
+
+    @contextlib.contextmanager
+    def file_log(self) -> Iterator[None]:
+        """``<run>/train.log`` gets the package's log records while this lasts."""
+        handler = logging.FileHandler(self.path / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package = logging.getLogger("torchrl_rise")
+        package.addHandler(handler)
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            package.removeHandler(handler)
+            handler.close()
