@@ -52,7 +52,7 @@ from torchrl_rise.replay.options import ReplayOptions
 from torchrl_rise.replay.output import OutputRing
 from torchrl_rise.replay.readiness import TransitionReadiness
 from torchrl_rise.replay.scratch import InsufficientDiskSpaceError, ScratchInUseError
-from torchrl_rise.replay.storage import step_field_specs
+from torchrl_rise.replay.storage import record_nbytes, step_field_specs
 
 __all__ = ["InsufficientDiskSpaceError", "RiseReplayBuffer", "ScratchInUseError"]
 
@@ -221,6 +221,32 @@ class RiseReplayBuffer(ComposedReplay):
         pin_memory: bool = False,
     ) -> None:
         self._setup(ReplayOptions(**_arguments(locals())))
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def nbytes_per_transition(self) -> int:
+        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is:
+        frame, embedding, action, reward, three flags, episode id, lane step, episode step."""
+        return record_nbytes(self._field_specs())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memmap storage in total (all lanes plus the pad record): the scratch disk
+        the buffer uses, and the size of a full dump's chunks."""
+        return (self.capacity + 1) * self.nbytes_per_transition
+
+    @property
+    def chunk_nbytes(self) -> int:
+        """Bytes of one snapshot chunk file (``chunk_records`` records; the last may be smaller).
+
+        An incremental dump writes ``chunk_nbytes`` per chunk written to since the previous one,
+        plus the small state (:attr:`state_nbytes`)."""
+        return self.chunk_records * self.nbytes_per_transition
+
+    @property
+    def state_nbytes(self) -> int:
+        """Approximate bytes of a dump's small state (readiness, sampler trees, cursors)."""
+        return self.capacity * (1 + 2 * 4) + 64 * 2**10
 
     def _make_readiness(self) -> TransitionReadiness:
         """The readiness role (a subclass samples other anchors)."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage
+from torchrl.envs import Compose, Transform
 
 from torchrl_rise import keys
 from torchrl_rise.replay.checkpoint import ReplaySnapshotter
@@ -89,6 +90,15 @@ def _checked_priorities(
     return priority
 
 
+def _gather_takes_ring(cls: type) -> bool:
+    """Whether ``cls._gather`` takes a ``ring`` (cached per class)."""
+    takes = cls.__dict__.get("_takes_ring_cache")
+    if takes is None:
+        takes = "ring" in inspect.signature(cls._gather).parameters
+        cls._takes_ring_cache = takes
+    return takes
+
+
 class ComposedReplay:
     """A replay buffer built from role objects (see the module docstring); not used directly.
 
@@ -116,6 +126,7 @@ class ComposedReplay:
         self._rings: dict[Any, OutputRing] = {}
         # Writes to the storage wait for in-flight background gathers (see sample_async).
         self._background = BackgroundGather()
+        self._transform = Compose()
         self._closed = False
         specs = self._field_specs()
         extra = tuple(name for name in specs if name not in FIELD_NAMES)
@@ -123,7 +134,8 @@ class ComposedReplay:
         self.scratch_dir = self.scratch.path
         if options.check_disk:
             try:
-                self.scratch.check_disk(self.nbytes, self.capacity + 1, self.nbytes_per_transition)
+                per = record_nbytes(specs)
+                self.scratch.check_disk((self.capacity + 1) * per, self.capacity + 1, per)
             except BaseException:
                 self.scratch.release_lock()
                 raise
@@ -164,31 +176,6 @@ class ComposedReplay:
     def storage(self) -> LazyMemmapStorage | None:
         """The TorchRL storage of the records (``None`` once closed)."""
         return self.step_storage.memmap
-
-    @property
-    def nbytes_per_transition(self) -> int:
-        """Bytes of memmap storage per stored step (one record), whatever ``context_length`` is:
-        frame, embedding, action, reward, three flags, episode id, lane step, episode step."""
-        return record_nbytes(self._field_specs())
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of memmap storage in total (all lanes plus the pad record): the scratch disk
-        the buffer uses, and the size of a full dump's chunks."""
-        return (self.capacity + 1) * self.nbytes_per_transition
-
-    @property
-    def chunk_nbytes(self) -> int:
-        """Bytes of one snapshot chunk file (``chunk_records`` records; the last may be smaller).
-
-        An incremental dump writes ``chunk_nbytes`` per chunk written to since the previous one,
-        plus the small state (:attr:`state_nbytes`)."""
-        return self.chunk_records * self.nbytes_per_transition
-
-    @property
-    def state_nbytes(self) -> int:
-        """Approximate bytes of a dump's small state (readiness, sampler trees, cursors)."""
-        return self.capacity * (1 + 2 * 4) + 64 * 2**10
 
     @property
     def beta(self) -> float:
@@ -367,17 +354,40 @@ class ComposedReplay:
     ) -> TensorDict:
         """``_gather`` into ``ring`` where the class's ``_gather`` takes one (a subclass written
         against the two-argument ``_gather(index, weight)`` gets fresh batches)."""
-        if ring is None or not self._gather_takes_ring():
-            return self._gather(index, weight)
-        return self._gather(index, weight, ring)
+        if ring is None or not _gather_takes_ring(type(self)):
+            batch = self._gather(index, weight)
+        else:
+            batch = self._gather(index, weight, ring)
+        return self._transform(batch) if len(self._transform) else batch
 
-    @classmethod
-    def _gather_takes_ring(cls) -> bool:
-        takes = cls.__dict__.get("_takes_ring_cache")
-        if takes is None:
-            takes = "ring" in inspect.signature(cls._gather).parameters
-            cls._takes_ring_cache = takes
-        return takes
+    # ------------------------------------------------------------------ TorchRL parts
+    @property
+    def transform(self) -> Compose:
+        """The TorchRL transforms applied to every sampled batch (:meth:`sample`,
+        :meth:`sample_async`, the :class:`~torchrl_rise.replay.Prefetcher`), in order."""
+        return self._transform
+
+    def append_transform(self, transform: Transform) -> ComposedReplay:
+        """Apply ``transform`` (a TorchRL ``Transform``) to sampled batches, after the others."""
+        self._transform.append(transform)
+        return self
+
+    def set_sampler(self, sampler: ReadinessSampler) -> None:
+        """Draw anchors with ``sampler`` (e.g. a subclass with another drawing rule) from now on.
+
+        Only before the first :meth:`extend`: which slots are ready is kept in the sampler. The
+        buffer's ``prioritized`` setting still decides whether priorities are written and
+        importance weights returned.
+        """
+        if not isinstance(sampler, ReadinessSampler) or sampler.max_capacity != self.capacity:
+            raise TypeError(
+                f"set_sampler() takes a ReadinessSampler of {self.capacity} slots (it switches "
+                f"slots on and off as they become sampleable); got {sampler!r}."
+            )
+        if self.step_storage.initialized:
+            raise RuntimeError("set_sampler() must come before the first extend().")
+        self.sampler = self.readiness.sampler = self.snapshotter.sampler = sampler
+        self._generator = sampler.generator
 
     def _gather(
         self, index: torch.Tensor, weight: torch.Tensor, ring: OutputRing | None = None
