@@ -35,8 +35,6 @@ so (the learner sees a shorter context, as at the start of an episode).
 
 from __future__ import annotations
 
-import os  # noqa: F401  (tests patch os.posix_fallocate through this module)
-import shutil  # noqa: F401  (tests patch shutil.disk_usage through this module)
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
