@@ -15,7 +15,7 @@ from tensordict import TensorDict
 from torchrl_rise import keys
 from torchrl_rise._fileio import CheckpointCorruptError
 from torchrl_rise.replay import InsufficientDiskSpaceError, RiseReplayBuffer
-from torchrl_rise.replay import buffer as buffer_module
+from torchrl_rise.replay import scratch as scratch_module
 
 
 def make_batch(E: int, T: int, *, S: int = 2, D: int = 4, end_every: int = 0, seed: int = 0):
@@ -297,7 +297,7 @@ def test_footprint_is_independent_of_context_length(tmp_path):
 
 def test_disk_space_is_checked_up_front(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(buffer_module.shutil, "disk_usage", lambda _: usage(10**9, 0, 10**6))
+    monkeypatch.setattr(scratch_module.shutil, "disk_usage", lambda _: usage(10**9, 0, 10**6))
     with pytest.raises(InsufficientDiskSpaceError, match="GiB") as err:
         RiseReplayBuffer(2**20, 64, scratch_dir=tmp_path / "rb")
     assert "scratch_dir" in str(err.value)

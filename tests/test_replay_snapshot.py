@@ -24,8 +24,9 @@ from torchrl_rise.replay import (
     ScratchInUseError,
     prune_chunk_store,
 )
-from torchrl_rise.replay import buffer as buffer_module
+from torchrl_rise.replay import scratch as scratch_module
 from torchrl_rise.replay import snapshot as snapshot_module
+from torchrl_rise.replay import storage as storage_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def test_resume_after_a_hard_crash_reclaims_the_scratch_dir(tmp_path, caplog):
         child.kill()
     assert (tmp_path / "scratch" / "frame.memmap").exists()  # left behind by the crash
 
-    with caplog.at_level(logging.WARNING, logger=buffer_module.__name__):
+    with caplog.at_level(logging.WARNING, logger=scratch_module.__name__):
         resumed = make_rb(tmp_path, scratch_dir=tmp_path / "scratch")
     assert "reclaimed" in caplog.text and "frame.memmap" in caplog.text
     assert not (tmp_path / "scratch" / "frame.memmap").exists()
@@ -174,7 +175,7 @@ def test_full_disk_fails_at_the_first_write_not_with_sigbus(tmp_path, monkeypatc
         calls.append(length)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(buffer_module.os, "posix_fallocate", no_room)
+    monkeypatch.setattr(storage_module.os, "posix_fallocate", no_room)
     rb = make_rb(tmp_path)
     with pytest.raises(InsufficientDiskSpaceError, match="No room to allocate") as err:
         rb.extend(make_batch(2, 6))
@@ -331,7 +332,7 @@ def test_a_chunk_gone_from_the_store_is_written_again(tmp_path, caplog):
     rb.dumps(tmp_path / "d1", chunk_store=store)
     gone = sorted(chunk_files(tmp_path / "d1"))[2]
     (store / gone).unlink()
-    with caplog.at_level(logging.WARNING, logger=buffer_module.__name__):
+    with caplog.at_level(logging.WARNING, logger="torchrl_rise.replay.checkpoint"):
         stats = rb.dumps(tmp_path / "d2", chunk_store=store)
     assert gone in caplog.text and "again" in caplog.text
     assert stats["files_written"] == 1 + 3 and stats["files_reused"] == 9 - 1

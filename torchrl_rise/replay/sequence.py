@@ -4,14 +4,14 @@ burn-in + learning steps assembled at sample time, with the actor's stored LSTM 
 :class:`SequenceReplayBuffer` is a :class:`~torchrl_rise.replay.RiseReplayBuffer` (same lanes,
 records, final observations, ``extend``, PER sampler, scratch lock and snapshots) whose sampleable
 unit is a *sequence start* instead of a transition, and which stores one more field per record: the
-recurrent state the actor acted from at that step. See ``docs/recurrent.md``.
+recurrent state the actor acted from at that step. It composes the same roles with the sequence
+ones of :mod:`~torchrl_rise.replay.sequence_parts`. See ``docs/recurrent.md``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,15 +19,20 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 
 from torchrl_rise import keys
-from torchrl_rise.replay import buffer as _buffer
 from torchrl_rise.replay.buffer import RiseReplayBuffer
+from torchrl_rise.replay.options import as_key
+from torchrl_rise.replay.sequence_parts import (
+    STATE_FIELDS,
+    SequenceAssembler,
+    SequenceLayout,
+    SequenceReadiness,
+)
 
 __all__ = ["RECURRENT_STATE_MODES", "SequenceReplayBuffer"]
 
 logger = logging.getLogger(__name__)
 
 RECURRENT_STATE_MODES = ("stored", "zero")
-_STATE_FIELDS = ("state_h", "state_c")
 
 
 class SequenceReplayBuffer(RiseReplayBuffer):
@@ -161,7 +166,7 @@ class SequenceReplayBuffer(RiseReplayBuffer):
                 f"state_dtype must be torch.float16, torch.bfloat16 or torch.float32, got "
                 f"{state_dtype}."
             )
-        recurrent_state_keys = tuple(_buffer._as_key(k) for k in recurrent_state_keys)
+        recurrent_state_keys = tuple(as_key(k) for k in recurrent_state_keys)
         if len(recurrent_state_keys) != 2:
             raise ValueError(
                 f"recurrent_state_keys must be the two keys (h, c), got {recurrent_state_keys!r}."
@@ -182,8 +187,8 @@ class SequenceReplayBuffer(RiseReplayBuffer):
         self.state_dim = int(state_dim) if state_dim is not None else 0
         self.state_dtype = state_dtype
         self.recurrent_state_keys = recurrent_state_keys
-        self.sequence_mask_key = _buffer._as_key(sequence_mask_key)
-        self.learn_mask_key = _buffer._as_key(learn_mask_key)
+        self.sequence_mask_key = as_key(sequence_mask_key)
+        self.learn_mask_key = as_key(learn_mask_key)
         super().__init__(capacity, num_envs, **kwargs)
         need = self.sequence_length + self.frame_stack
         if self.lane_capacity < need:
@@ -202,14 +207,38 @@ class SequenceReplayBuffer(RiseReplayBuffer):
 
     @property
     def stores_state(self) -> bool:
+        """Whether the actor's recurrent state is stored (``recurrent_state="stored"``)."""
         return self.recurrent_state == "stored"
 
     def _field_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         specs = super()._field_specs()
         if self.stores_state:
-            for name in _STATE_FIELDS:
+            for name in STATE_FIELDS:
                 specs[name] = (self.state_dtype, (self.state_dim,))
         return specs
+
+    def _make_readiness(self) -> SequenceReadiness:
+        return SequenceReadiness(
+            self.writer,
+            self.step_storage,
+            self.sampler,
+            frame_stack=self.frame_stack,
+            lookahead=self.learning_length + self.n_step,
+            period=self.period,
+        )
+
+    def _make_assembler(self) -> SequenceAssembler:
+        layout = SequenceLayout(
+            burn_in=self.burn_in,
+            learning_length=self.learning_length,
+            period=self.period,
+            stores_state=self.stores_state,
+            state_dim=self.state_dim,
+            recurrent_state_keys=self.recurrent_state_keys,
+            sequence_mask_key=self.sequence_mask_key,
+            learn_mask_key=self.learn_mask_key,
+        )
+        return SequenceAssembler(self.options, layout, self.step_storage, self.writer)
 
     def _config(self) -> dict[str, Any]:
         config = super()._config()
@@ -222,11 +251,6 @@ class SequenceReplayBuffer(RiseReplayBuffer):
             "state_dtype": str(self.state_dtype),
         }
         return config
-
-    def _scratch_files(self) -> list[Path]:
-        files = super()._scratch_files()
-        extra = [self.scratch_dir / f"{name}.memmap" for name in _STATE_FIELDS]
-        return files + [p for p in extra if p.exists()]
 
     def __repr__(self) -> str:
         return (
@@ -261,137 +285,24 @@ class SequenceReplayBuffer(RiseReplayBuffer):
         """Write consecutive steps of every env (see :class:`RiseReplayBuffer`), and the
         recurrent state each step was acted from (``recurrent_state="stored"``)."""
         self._check_open()
-        lanes = self._lanes_view(td)
+        lanes = self.writer.lanes_view(td)
         E, T = lanes.batch_size
         states = self._states(lanes, E, T) if self.stores_state and T else None
-        old_next = self._lane_next.clone()
+        old_next = self.writer.lane_next.clone()
         super().extend(td)
         if states is None:
             return
         # The step records this call wrote are each lane's non-final records in
         # [old_next, new_next), in time order: T per lane.
-        L = self.lane_capacity
-        width = int((self._lane_next - old_next).max())
+        L, new_next = self.lane_capacity, self.writer.lane_next
+        width = int((new_next - old_next).max())
         q = old_next[:, None] + torch.arange(width)
-        slot = self._lane_base[:, None] + q % L
-        keep = (q < self._lane_next[:, None]) & ~self._fields["final"][slot]
+        slot = self.writer.lane_base[:, None] + q % L
+        keep = (q < new_next[:, None]) & ~self._fields["final"][slot]
         slot = slot[keep].reshape(E, T)
-        for name, value in zip(_STATE_FIELDS, states):
+        for name, value in zip(STATE_FIELDS, states):
             self._fields[name][slot.reshape(-1)] = value.reshape(E * T, -1)
-
-    # ------------------------------------------------------------------ readiness
-    def _refresh_readiness(self, old_next: torch.Tensor, max_written: int) -> None:
-        """As :class:`RiseReplayBuffer`'s, over the starts a write can have changed: those whose
-        sequence reaches the new records, and the oldest ``S - 1`` records (frame stacks)."""
-        L, S = self.lane_capacity, self.frame_stack
-        reach = self.learning_length + self.n_step
-        new_next = self._lane_next
-        oldest = new_next - L
-        recent = new_next[:, None] - torch.arange(reach + max_written, 0, -1)
-        seam = oldest[:, None] + torch.arange(S - 1)
-        steps = torch.cat([recent, seam], 1)
-        lanes = torch.arange(self.num_envs)[:, None].expand_as(steps)
-        keep = (steps >= oldest.clamp_min(0)[:, None]) & (steps < new_next[:, None])
-        steps, lanes = steps[keep], lanes[keep]
-        slot = lanes * L + steps % L
-        slot, first = _buffer._unique_first(slot)
-        steps, lanes = steps[first], lanes[first]
-        ready = self._is_ready(slot, lanes, steps)
-        written = steps >= old_next[lanes]
-        was = self._ready[slot]
-        newly = ready & (written | ~was)
-        lost = was & ~ready
-        self._ready[slot] = ready
-        self._num_ready += int(ready.sum()) - int(was.sum())
-        self.sampler.mark_unready(slot[lost])
-        self.sampler.mark_ready(slot[newly])
-
-    def _is_ready(self, slot: torch.Tensor, lanes: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        L, S = self.lane_capacity, self.frame_stack
-        f = self._fields
-        oldest = self._lane_next[lanes] - L
-        ep = f["episode_step"][slot]
-        ok = ~f["final"][slot] & (ep % self.period == 0)
-        ok &= torch.maximum(s - (S - 1), s - ep) >= oldest  # the start's frame stack is stored
-        # every position up to the last bootstrap is written, or the episode ended before it
-        q = s[:, None] + torch.arange(self.learning_length + self.n_step)
-        qslot = (lanes * L)[:, None] + q % L
-        valid = (f["lane_step"][qslot] == q) & (f["episode"][qslot] == f["episode"][slot][:, None])
-        count = valid.long().cumprod(1).sum(1)
-        last = qslot.gather(1, (count - 1).clamp_min(0)[:, None]).squeeze(1)
-        return ok & (count > 0) & ((count == q.shape[1]) | f["final"][last])
 
     # ------------------------------------------------------------------ sampling
     def _gather(self, index: torch.Tensor, weight: torch.Tensor) -> TensorDict:
-        L, n, S = self.lane_capacity, self.n_step, self.frame_stack
-        T, burn = self.sequence_length, self.burn_in
-        f = self._fields
-        B = index.numel()
-        lane_base = index - index % L
-        s = f["lane_step"][index]
-        ep = f["episode_step"][index]
-        episode = f["episode"][index]
-        oldest = (self._lane_next[index // L] - L)[:, None]
-
-        off = torch.arange(T) - burn
-        q = s[:, None] + off  # lane steps of the positions [B, T]
-        ep_q = ep[:, None] + off  # their episode steps (where in the episode)
-        slot = lane_base[:, None] + q % L
-        valid = (f["lane_step"][slot] == q) & (f["episode"][slot] == episode[:, None])
-        valid &= q - ep_q.clamp(0, S - 1) >= oldest  # the position's frame stack is stored
-        safe = torch.where(valid, slot, self._zero)
-        final = f["final"][safe]
-        learn = valid & ~final
-        learn[:, :burn] = False
-        learn[:, burn + self.learning_length :] = False
-
-        # frame stacks, clamped at the episode's first frame
-        c, h, w = self.frame_shape
-        back = torch.arange(-S + 1, 1)
-        frame_q = q[..., None] + back.maximum(-ep_q[..., None])  # [B, T, S]
-        frame_slot = torch.where(
-            valid[..., None], lane_base[:, None, None] + frame_q % L, self._zero
-        )
-        pixels = _buffer._rows(f["frame"], frame_slot).view(B, T, S * c, h, w)
-
-        # n-step return, discount and bootstrap offset of every position, inside the sequence
-        reward = f["reward"][safe]
-        if self.reward_clip is not None:
-            reward = reward.clamp(-self.reward_clip, self.reward_clip)
-        terminated, truncated = f["terminated"][safe], f["truncated"][safe]
-        window = torch.arange(T)[:, None] + torch.arange(n)  # [T, n] positions
-        inside = window < T
-        window = window.clamp(max=T - 1)
-        ends = (terminated | truncated)[:, window] & inside
-        m = _buffer._steps_taken(ends)  # [B, T]
-        taken = torch.arange(n) < m[..., None]
-        ret = (reward.double()[:, window] * self._gamma_pow[:n] * taken * inside).sum(-1)
-        last = (torch.arange(T) + m - 1).clamp(max=T - 1)
-        term_m = terminated.gather(1, last)
-        trunc_m = truncated.gather(1, last)
-        discount = self._gamma_pow[m] * (~term_m)
-
-        out = {
-            self.pixels_key: pixels,
-            self.action_key: f["action"][safe],
-            ("next", *_buffer._tuple(self.reward_key)): ret.float()[..., None],
-            ("next", keys.DISCOUNT): discount.float()[..., None],
-            ("next", *_buffer._tuple(self.terminated_key)): term_m[..., None],
-            ("next", *_buffer._tuple(self.truncated_key)): trunc_m[..., None],
-            ("next", *_buffer._tuple(self.done_key)): (term_m | trunc_m)[..., None],
-            keys.STEPS_TO_NEXT: m[..., None],
-            self.sequence_mask_key: valid,
-            self.learn_mask_key: learn,
-            keys.INDEX: index,
-            keys.WEIGHT: weight,
-        }
-        # the state before the first valid position (R2D2's stored state), or zeros
-        if self.stores_state:
-            first = valid.long().argmax(1)
-            start_slot = slot[torch.arange(B), first]
-            for key, name in zip(self.recurrent_state_keys, _STATE_FIELDS):
-                out[key] = f[name][start_slot].float()
-        elif self.state_dim:  # zeros of the network's size; without state_dim the network
-            for key in self.recurrent_state_keys:  # starts from zeros itself
-                out[key] = torch.zeros(B, self.state_dim)
-        return TensorDict(out, batch_size=[B])
+        return self.assembler.gather(index, weight)
