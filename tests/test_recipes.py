@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
-from torchrl_rise.training.builders import build_assembly, build_components
+from torchrl_rise.training.builders import build_assembly, build_components, make_env_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -147,7 +147,16 @@ def test_procgen_recipe_evaluates_on_levels_training_never_sees(tmp_path):
     pytest.importorskip("procgen")
     cfg = load_config(make_cfg("procgen", tmp_path, "env.kwargs.num_levels=50"))
     parts = _recipe_module("procgen").assemble(cfg)
-    assert parts.eval_env_factory.cfg.env.eval_kwargs["eval_start_level"] == 50
+    train_env = make_env_factory(cfg).make_base()
+    eval_env = parts.eval_env_factory.make_base()
+    try:
+        # the suite's defaults (torchrl_rise/envs/procgen.py): levels [0, 50) for training, the
+        # evaluation envs start at the first level after them
+        assert (train_env.base_env.start_level, train_env.base_env.num_levels) == (0, 50)
+        assert eval_env.base_env.start_level == 50
+    finally:
+        train_env.close()
+        eval_env.close()
 
 
 def test_miniworld_recipe_renders_headless(monkeypatch):
