@@ -124,7 +124,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @needs_memory
 @pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
-    """The recipe's visible assembly and train(cfg)'s build_assembly are the same experiment."""
+    """A recipe's assembly and train(cfg)'s build_assembly are the same experiment."""
     cfg = load_config(make_cfg("memory", tmp_path, f"method={method}"))
     torch.manual_seed(0)
     mine = _recipe_module("memory").assemble(cfg)
@@ -141,6 +141,12 @@ def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
     assert summary["status"] == "finished" and summary["frames"] == cfg.total_frames
     if method == "rise":
         assert summary["encoder"]["name"] == "downsample"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_runs_the_one_assembly(recipe):
+    """No recipe keeps an assembly of its own: they run build_assembly, as train(cfg) does."""
+    assert _recipe_module(recipe).assemble is build_assembly
 
 
 def test_procgen_recipe_evaluates_on_levels_training_never_sees(tmp_path):

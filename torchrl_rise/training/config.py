@@ -88,8 +88,11 @@ class EnvConfig:
             ``memory``.
         env_id: the suite's id (e.g. ``"Pong"`` / ``"ALE/Pong-v5"`` for Atari).
         num_envs: environments stepped together (one vector step = ``num_envs`` frames).
-        frame_stack: frames stacked into the policy observation (``None``: the suite's default).
-        frame_size: side of each (resized) frame, or ``[H, W]`` (``None``: the suite's default).
+        frame_stack: frames stacked into the policy observation (4, BTR's and every suite's;
+            ``None``: the suite's default).
+        frame_size: side of each (resized) frame, or ``[H, W]`` (84, BTR's Atari size; ``None``:
+            the suite's default, which Procgen needs: it renders 64x64 only). A run records the
+            value, and a resume compares it (``training/resume.py``, fixed keys).
         clip_rewards: clip rewards to [-1, 1] for learning (raw scores are still reported).
         reward_scale: multiply rewards by this for learning instead (needs ``clip_rewards``
             false; raw scores are still reported). The ViZDoom CPU preset uses 0.01.
