@@ -163,3 +163,23 @@ def test_a_section_names_its_bad_value(section, field, value, message):
         getattr(cfg, section).validate()
     with pytest.raises(ConfigError, match=message):  # and validate_config runs it
         validate_config(cfg)
+
+
+# ------------------------------------------------------------------ builders pass settings by name
+
+
+def test_a_free_form_option_that_a_typed_one_sets_is_refused():
+    """``encoder.context_length`` is the network's K: ``network.kwargs`` cannot set another."""
+    from torchrl_rise.training import load_config
+    from torchrl_rise.training.builders import build_network, make_env_factory, probe_env
+
+    cfg = load_config(
+        {
+            "env": {"suite": "memory", "env_id": "cue-L4", "num_envs": 2, "frame_size": 16},
+            "encoder": {"name": "downsample", "weights": None, "context_length": 8},
+            "network": {"kwargs": {"context_length": 4, "width_scale": 0.25, "mlp_hidden": 16}},
+        }
+    )
+    env_info, _ = probe_env(make_env_factory(cfg))
+    with pytest.raises(ConfigError, match=r"network\.kwargs.*context_length"):
+        build_network(cfg, env_info=env_info, embedding_dim=16)

@@ -55,16 +55,16 @@ def build_encoder(
     from torchrl_rise.encoders import make_encoder
 
     name = cfg.encoder.name
-    if name == "online":
-        if module is None:
-            raise ConfigError("encoder.name=online needs the agent's CNN (module=...).")
-        encoder = make_encoder(
-            name, frame_channels=frame_channels, module=module, **cfg.encoder.kwargs
-        )
-    else:
-        encoder = make_encoder(
-            name, frame_channels=frame_channels, weights=cfg.encoder.weights, **cfg.encoder.kwargs
-        )
+    if name == "online" and module is None:
+        raise ConfigError("encoder.name=online needs the agent's CNN (module=...).")
+    # the online encoder is the agent's CNN; the frozen ones load encoder.weights
+    source = {"module": module} if name == "online" else {"weights": cfg.encoder.weights}
+    try:
+        encoder = make_encoder(name, frame_channels=frame_channels, **source, **cfg.encoder.kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            f"invalid encoder option in encoder.kwargs={cfg.encoder.kwargs}: {err}"
+        ) from err
     if torch.device(cfg.device).type != "cpu" and cfg.collector.backend == "direct":
         encoder = encoder.to(cfg.device)
     return encoder
