@@ -39,10 +39,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torchrl_rise.recipe_path import drop_script_folder
+
 # The recipes beside this script are named like simulator packages (procgen, vizdoom, miniworld)
 # that TorchRL probes for at import: drop this folder from the import path so it finds the packages.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+drop_script_folder(__file__)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
-from torchrl_rise.training.builders import build_assembly, build_components
+from torchrl_rise.training.builders import build_assembly, build_components, make_env_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "recipes" / "config"
@@ -124,7 +124,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @needs_memory
 @pytest.mark.parametrize("method", ["rise", "btr", "recurrent"])
 def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
-    """The recipe's visible assembly and train(cfg)'s build_assembly are the same experiment."""
+    """A recipe's assembly and train(cfg)'s build_assembly are the same experiment."""
     cfg = load_config(make_cfg("memory", tmp_path, f"method={method}"))
     torch.manual_seed(0)
     mine = _recipe_module("memory").assemble(cfg)
@@ -143,11 +143,26 @@ def test_a_recipe_assembles_what_train_cfg_builds(tmp_path, method):
         assert summary["encoder"]["name"] == "downsample"
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_runs_the_one_assembly(recipe):
+    """No recipe keeps an assembly of its own: they run build_assembly, as train(cfg) does."""
+    assert _recipe_module(recipe).assemble is build_assembly
+
+
 def test_procgen_recipe_evaluates_on_levels_training_never_sees(tmp_path):
     pytest.importorskip("procgen")
     cfg = load_config(make_cfg("procgen", tmp_path, "env.kwargs.num_levels=50"))
     parts = _recipe_module("procgen").assemble(cfg)
-    assert parts.eval_env_factory.cfg.env.eval_kwargs["eval_start_level"] == 50
+    train_env = make_env_factory(cfg).make_base()
+    eval_env = parts.eval_env_factory.make_base()
+    try:
+        # the suite's defaults (torchrl_rise/envs/procgen.py): levels [0, 50) for training, the
+        # evaluation envs start at the first level after them
+        assert (train_env.base_env.start_level, train_env.base_env.num_levels) == (0, 50)
+        assert eval_env.base_env.start_level == 50
+    finally:
+        train_env.close()
+        eval_env.close()
 
 
 def test_miniworld_recipe_renders_headless(monkeypatch):

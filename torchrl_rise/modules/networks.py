@@ -136,7 +136,7 @@ class RiseQNetwork(IQNNetworkBase):
         spectral_norm: bool = True,
         layer_norm: bool = False,
         pool_size: int = 6,
-        lstm_hidden: int = 512,
+        lstm_hidden: int = 256,
         fusion: str = "gate",
         gate_position: str = "post_pool",
         gate_bias_init: float | None = None,
@@ -538,7 +538,8 @@ def make_q_network(
         spectral_norm: spectral norm on the residual convs (BTR: True).
         layer_norm: LayerNorm after each CNN stage stem and between the dense layers.
         pool_size: adaptive max-pool side (BTR: 6 -> 2304 features).
-        lstm_hidden: LSTM hidden size; ``None`` picks 256 for the context stream of ``rise`` (the
+        lstm_hidden: LSTM hidden size; ``None`` keeps the class default: 256 for the context
+            stream of ``rise`` (:class:`RiseQNetwork`, :class:`RiseContextStream`; the
             learner benchmark's sweet spot: rise/btr 1.23 per update at K=80 on CPU, against 1.5 at
             512) and 512 for the recurrent core of ``recurrent_baseline`` (R2D2's size).
         fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
@@ -577,8 +578,8 @@ def make_q_network(
         >>> net.in_keys, net.out_keys
         (['pixels'], ['quantiles', 'taus', 'action_value'])
     """
-    if lstm_hidden is None:
-        lstm_hidden = 512 if kind == "recurrent_baseline" else 256
+    # lstm_hidden=None: the network class's own default (the one home of each size)
+    sizes = {} if lstm_hidden is None else {"lstm_hidden": lstm_hidden}
     common = dict(
         num_actions=num_actions,
         in_channels=in_channels,
@@ -587,7 +588,7 @@ def make_q_network(
         spectral_norm=spectral_norm,
         layer_norm=layer_norm,
         pool_size=pool_size,
-        lstm_hidden=lstm_hidden,
+        **sizes,
         num_taus=num_taus,
         num_cosines=num_cosines,
         mlp_hidden=mlp_hidden,

@@ -17,7 +17,7 @@ Example:
 
         @recipe_main(config_name="memory")
         def main(dict_cfg: DictConfig) -> None:
-            ...
+            run_recipe(dict_cfg, assemble=build_assembly)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from hydra.types import RunMode
 
 from torchrl_rise.training.config import ConfigError
 
-__all__ = ["DEBUG_ENV", "YAMLSyntaxError", "check_yaml_files", "recipe_main"]
+__all__ = ["DEBUG_ENV", "YAMLSyntaxError", "check_yaml_files", "recipe_main", "run_recipe"]
 
 #: set to 1 for the full tracebacks (hydra's own switch)
 DEBUG_ENV = "HYDRA_FULL_ERROR"
@@ -159,11 +159,19 @@ def recipe_main(
 ) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
     """``hydra.main`` for the training recipes, with short config-error messages (see module).
 
+    It also registers the ``train_schema`` structured config (the base of every recipe's YAML)
+    and the presets (so ``--help`` lists them) before hydra reads anything.
+
     Args:
         config_name: the primary config (``recipes/config/<config_name>.yaml``).
         config_path: the config folder, relative to the recipe's file.
         version_base: hydra's version base.
     """
+    from torchrl_rise.training.config import register_configs
+    from torchrl_rise.training.presets import register_presets
+
+    register_configs()  # the TrainConfig dataclasses as `train_schema`
+    register_presets()  # the presets (quickstart, debug, tiny, cpu_*) in --help
 
     def decorator(task: Callable[[Any], Any]) -> Callable[[], Any]:
         recipe_dir = Path(inspect.getfile(task)).resolve().parent
@@ -185,3 +193,17 @@ def recipe_main(
         return main
 
     return decorator
+
+
+def run_recipe(dict_cfg: Any, *, assemble: Callable[[Any], Any]) -> dict[str, Any]:
+    """Train the run ``dict_cfg`` describes with the pieces ``assemble(cfg)`` builds.
+
+    ``cfg`` is the validated :class:`~torchrl_rise.training.TrainConfig`; ``assemble`` is
+    :func:`~torchrl_rise.training.builders.build_assembly` for every recipe of this repository.
+    The trainer collects, stores, learns, evaluates, logs and checkpoints, and writes
+    ``summary.json``; its summary is returned.
+    """
+    from torchrl_rise.training import Trainer, load_config
+
+    cfg = load_config(dict_cfg)
+    return Trainer.from_components(cfg, assemble(cfg)).run()

@@ -57,6 +57,28 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and the fix."""
 
 
+def _positive(value: Any, name: str, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+
+
+def _probability(value: float, name: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must lie in [0, 1], got {value!r}.")
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def _check_dtype(value: str, name: str) -> None:
+    if value not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(f"{name} must be float16, bfloat16 or float32, got {value!r}.")
+
+
 @dataclass
 class EnvConfig:
     """Which environment to train on and how its observations are prepared.
@@ -66,8 +88,11 @@ class EnvConfig:
             ``memory``.
         env_id: the suite's id (e.g. ``"Pong"`` / ``"ALE/Pong-v5"`` for Atari).
         num_envs: environments stepped together (one vector step = ``num_envs`` frames).
-        frame_stack: frames stacked into the policy observation (``None``: the suite's default).
-        frame_size: side of each (resized) frame, or ``[H, W]`` (``None``: the suite's default).
+        frame_stack: frames stacked into the policy observation (4, BTR's and every suite's;
+            ``None``: the suite's default).
+        frame_size: side of each (resized) frame, or ``[H, W]`` (84, BTR's Atari size; ``None``:
+            the suite's default, which Procgen needs: it renders 64x64 only). A run records the
+            value, and a resume compares it (``training/resume.py``, fixed keys).
         clip_rewards: clip rewards to [-1, 1] for learning (raw scores are still reported).
         reward_scale: multiply rewards by this for learning instead (needs ``clip_rewards``
             false; raw scores are still reported). The ViZDoom CPU preset uses 0.01.
@@ -86,6 +111,36 @@ class EnvConfig:
     max_episode_frames: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     eval_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Check the section's values (:class:`ConfigError` names the key and the fix)."""
+        if self.suite not in SUITES:
+            raise ConfigError(
+                f"env.suite must be one of {SUITES}, got {self.suite!r}. Pick the recipe for the "
+                "suite (recipes/atari.py, recipes/vizdoom.py, ...)."
+            )
+        if not self.env_id:
+            raise ConfigError("env.env_id is empty: name the game/scenario, e.g. env.env_id=Pong.")
+        _positive(self.num_envs, "env.num_envs")
+        if self.frame_stack is not None:
+            _positive(self.frame_stack, "env.frame_stack")
+        size = self.frame_size
+        if size is not None:
+            sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+            if len(sizes) not in (1, 2) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes
+            ):
+                raise ConfigError(
+                    f"env.frame_size must be a positive int or [height, width], got {size!r}."
+                )
+        if self.max_episode_frames is not None:
+            _positive(self.max_episode_frames, "env.max_episode_frames")
+        from torchrl_rise.envs import check_reward_scale
+
+        try:
+            check_reward_scale(self.reward_scale, clip_rewards=self.clip_rewards)
+        except ValueError as err:
+            raise ConfigError(f"env.{err}") from err
 
 
 @dataclass
@@ -108,6 +163,15 @@ class EncoderConfig:
     context_length: int = 80
     dtype: str = "float16"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, *, uses_context: bool, method: str) -> None:
+        """Check the section's values; ``context_length`` only where the method reads a context."""
+        if uses_context and self.context_length < 1:
+            raise ConfigError(
+                f"encoder.context_length (K) must be >= 1 for method={method!r}, got "
+                f"{self.context_length}. The paper finds K=20 already helps; 80-160 is better."
+            )
+        _check_dtype(self.dtype, "encoder.dtype")
 
 
 @dataclass
@@ -135,6 +199,16 @@ class LossConfig:
     priority_reduction: str = "btr_sum_mean"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Check the section's values."""
+        _positive(self.n_step, "loss.n_step")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"loss.gamma must lie in (0, 1], got {self.gamma}.")
+        _positive(self.target_update_interval, "loss.target_update_interval")
+        from torchrl_rise.objectives.iqn import PRIORITY_REDUCTIONS
+
+        _check_choice(self.priority_reduction, PRIORITY_REDUCTIONS, "loss.priority_reduction")
+
 
 @dataclass
 class OptimConfig:
@@ -145,6 +219,11 @@ class OptimConfig:
     grad_clip: float = 10.0
     updates_per_vector_step: float = 1.0
     bf16: bool = False
+
+    def validate(self) -> None:
+        """Check the section's values."""
+        for name in ("lr", "eps", "grad_clip", "updates_per_vector_step"):
+            _positive(getattr(self, name), f"optim.{name}")
 
 
 @dataclass
@@ -178,6 +257,18 @@ class ReplayConfig:
     prefetch: bool = False
     scratch_dir: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Check the section's values (whether a batch can be served is checked with the rest)."""
+        _positive(self.capacity, "replay.capacity")
+        _positive(self.batch_size, "replay.batch_size")
+        _positive(self.learning_starts, "replay.learning_starts", allow_zero=True)
+        _probability(self.alpha, "replay.alpha")
+        _probability(self.beta, "replay.beta")
+        from torchrl_rise.replay.sampler import IMPORTANCE_WEIGHTS
+
+        _check_choice(self.importance_weights, IMPORTANCE_WEIGHTS, "replay.importance_weights")
+        _positive(self.max_priority_floor, "replay.max_priority_floor", allow_zero=True)
 
 
 @dataclass
@@ -213,6 +304,18 @@ class RecurrentConfig:
     state_dtype: str = "float16"
     sequence_priority_eta: float = 0.9
 
+    def validate(self) -> None:
+        """Check the section's values (``method=recurrent`` only)."""
+        for name, low in (("burn_in", 0), ("learning_length", 1), ("period", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"recurrent.{name} must be an integer >= {low}, got {value!r}.")
+        from torchrl_rise.replay.sequence import RECURRENT_STATE_MODES
+
+        _check_choice(self.recurrent_state, RECURRENT_STATE_MODES, "recurrent.recurrent_state")
+        _check_dtype(self.state_dtype, "recurrent.state_dtype")
+        _probability(self.sequence_priority_eta, "recurrent.sequence_priority_eta")
+
 
 @dataclass
 class ExplorationConfig:
@@ -230,6 +333,16 @@ class ExplorationConfig:
     eps_end: float = 0.01
     eps_decay_frames: int = 8_000_000
     eps_off_after_frames: int = 100_000_000
+
+    def validate(self) -> None:
+        """Check the section's values."""
+        from torchrl_rise.modules.actor import EPS_SCHEDULES
+
+        _check_choice(self.schedule, EPS_SCHEDULES, "exploration.schedule")
+        _probability(self.eps_start, "exploration.eps_start")
+        _probability(self.eps_end, "exploration.eps_end")
+        _positive(self.eps_decay_frames, "exploration.eps_decay_frames")
+        _positive(self.eps_off_after_frames, "exploration.eps_off_after_frames", allow_zero=True)
 
 
 @dataclass
@@ -284,6 +397,34 @@ class CollectorConfig:
     timeout_s: float | None = 300.0
     max_restarts: int = 3
 
+    def validate(self) -> None:
+        """Check the section's values and the options its backend supports."""
+        _check_choice(self.backend, BACKENDS, "collector.backend")
+        _positive(self.num_workers, "collector.num_workers")
+        _positive(self.steps_per_batch, "collector.steps_per_batch")
+        _positive(self.weight_sync_interval, "collector.weight_sync_interval")
+        if self.timeout_s is not None:
+            _positive(self.timeout_s, "collector.timeout_s (null: no bound)")
+        _positive(self.max_restarts, "collector.max_restarts", allow_zero=True)
+        if self.backend == "direct" and self.weight_sync_interval != 1:
+            raise ConfigError(
+                f"collector.weight_sync_interval={self.weight_sync_interval} has no effect with "
+                "collector.backend=direct, which acts with the learner's own network: leave it at "
+                "1, or use collector.backend=multi_sync / ray."
+            )
+        if self.backend == "direct" and self.num_workers != 1:
+            raise ConfigError(
+                f"collector.backend=direct runs in one process but collector.num_workers="
+                f"{self.num_workers}. Use collector.backend=multi_sync for workers."
+            )
+        if self.overlap and self.backend != "direct":
+            raise ConfigError(
+                f"collector.overlap=true runs the single-process collector in a thread; "
+                f"collector.backend={self.backend!r} is not supported with it yet. Use "
+                "collector.backend=direct (ALE's vector env steps in C++ threads), or "
+                "collector.overlap=false."
+            )
+
 
 @dataclass
 class EvalConfig:
@@ -297,6 +438,12 @@ class EvalConfig:
     video: bool = False
     video_fps: int = 30
     final: bool = True
+
+    def validate(self) -> None:
+        """Check the section's values."""
+        for name in ("interval_frames", "episodes", "num_envs", "max_steps"):
+            _positive(getattr(self, name), f"eval.{name}")
+        _probability(self.eps, "eval.eps")
 
 
 @dataclass
@@ -320,6 +467,15 @@ class LoggingConfig:
     progress: bool = True
     wandb_project: str = "torchrl_rise"
 
+    def validate(self) -> None:
+        """Check the section's values."""
+        unknown = [b for b in self.backends if b not in LOGGER_BACKENDS]
+        if unknown:
+            raise ConfigError(
+                f"logging.backends has unknown entries {unknown}; choose from {LOGGER_BACKENDS}."
+            )
+        _positive(self.interval_frames, "logging.interval_frames")
+
 
 @dataclass
 class CheckpointConfig:
@@ -328,6 +484,11 @@ class CheckpointConfig:
     interval_frames: int = 1_000_000
     keep: int = 2
     save_replay: bool = True
+
+    def validate(self) -> None:
+        """Check the section's values."""
+        _positive(self.interval_frames, "checkpoint.interval_frames")
+        _positive(self.keep, "checkpoint.keep")
 
 
 @dataclass
@@ -465,107 +626,65 @@ def load_config(cfg: Any = None, **overrides: Any) -> TrainConfig:
     return validate_config(obj)
 
 
-def _positive(value: Any, name: str, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
-
-
-def _probability(value: float, name: str) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must lie in [0, 1], got {value!r}.")
-
-
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check every value that can be checked without building anything; return ``cfg``.
+
+    Each section checks its own values (``EnvConfig.validate``, ``ReplayConfig.validate``...);
+    what involves several sections is checked here, after them.
 
     Raises:
         ConfigError: naming the key, the bad value and how to fix it.
     """
+    cfg.env.validate()
+    _validate_run(cfg)
+    cfg.encoder.validate(uses_context=cfg.uses_context, method=cfg.method)
+    cfg.loss.validate()
+    cfg.optim.validate()
+    cfg.replay.validate()
+    if cfg.uses_sequences:
+        cfg.recurrent.validate()
+        _validate_sequence_replay(cfg)
+    else:
+        _validate_transition_batch(cfg)
+    _validate_learning_starts(cfg)
+    if cfg.replay.scratch_dir:
+        _check_writable_dir(Path(cfg.replay.scratch_dir), "replay.scratch_dir")
+    cfg.exploration.validate()
+    cfg.collector.validate()
+    _validate_collector_layout(cfg)
+    cfg.eval.validate()
+    cfg.logging.validate()
+    cfg.checkpoint.validate()
+    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
+        raise ConfigError(
+            "resume must be false, true (the latest run with the same suite/env/method/seed) or "
+            f"the path of a run directory or checkpoint; got {cfg.resume!r}."
+        )
+    from torchrl_rise.training.resume import check_allow_list
+
+    check_allow_list(cfg)
+    return cfg
+
+
+def _validate_run(cfg: TrainConfig) -> None:
+    """The top-level keys: ``method``, ``total_frames``, ``device``, ``num_threads``."""
     if cfg.method == "recurrent_baseline":
         raise ConfigError(
             "method=recurrent_baseline is the network's name; the method is method=recurrent "
             "(the R2D2-style baseline: recurrent_baseline network, sequence replay, "
             "SequenceIQNLoss)."
         )
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}.")
-    if cfg.env.suite not in SUITES:
-        raise ConfigError(
-            f"env.suite must be one of {SUITES}, got {cfg.env.suite!r}. Pick the recipe for the "
-            "suite (recipes/atari.py, recipes/vizdoom.py, ...)."
-        )
-    if not cfg.env.env_id:
-        raise ConfigError("env.env_id is empty: name the game/scenario, e.g. env.env_id=Pong.")
+    _check_choice(cfg.method, METHODS, "method")
     _positive(cfg.total_frames, "total_frames")
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {cfg.device!r}.")
-    _positive(cfg.env.num_envs, "env.num_envs")
-    if cfg.env.frame_stack is not None:
-        _positive(cfg.env.frame_stack, "env.frame_stack")
-    size = cfg.env.frame_size
-    if size is not None:
-        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
-        if len(sizes) not in (1, 2) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes
-        ):
-            raise ConfigError(
-                f"env.frame_size must be a positive int or [height, width], got {size!r}."
-            )
-    if cfg.env.max_episode_frames is not None:
-        _positive(cfg.env.max_episode_frames, "env.max_episode_frames")
-    from torchrl_rise.envs import check_reward_scale
-
-    try:
-        check_reward_scale(cfg.env.reward_scale, clip_rewards=cfg.env.clip_rewards)
-    except ValueError as err:
-        raise ConfigError(f"env.{err}") from err
     if cfg.num_threads is not None:
         _positive(cfg.num_threads, "num_threads")
-    if cfg.uses_context and cfg.encoder.context_length < 1:
-        raise ConfigError(
-            f"encoder.context_length (K) must be >= 1 for method={cfg.method!r}, got "
-            f"{cfg.encoder.context_length}. The paper finds K=20 already helps; 80-160 is better."
-        )
-    if cfg.encoder.dtype not in ("float16", "bfloat16", "float32"):
-        raise ConfigError(
-            f"encoder.dtype must be float16, bfloat16 or float32, got {cfg.encoder.dtype!r}."
-        )
-    _positive(cfg.loss.n_step, "loss.n_step")
-    if not 0.0 < cfg.loss.gamma <= 1.0:
-        raise ConfigError(f"loss.gamma must lie in (0, 1], got {cfg.loss.gamma}.")
-    _positive(cfg.loss.target_update_interval, "loss.target_update_interval")
-    from torchrl_rise.objectives.iqn import PRIORITY_REDUCTIONS
 
-    if cfg.loss.priority_reduction not in PRIORITY_REDUCTIONS:
-        raise ConfigError(
-            f"loss.priority_reduction must be one of {PRIORITY_REDUCTIONS}, got "
-            f"{cfg.loss.priority_reduction!r}."
-        )
-    _positive(cfg.optim.lr, "optim.lr")
-    _positive(cfg.optim.eps, "optim.eps")
-    _positive(cfg.optim.grad_clip, "optim.grad_clip")
-    _positive(cfg.optim.updates_per_vector_step, "optim.updates_per_vector_step")
 
+def _validate_learning_starts(cfg: TrainConfig) -> None:
+    """Learning must start before the run ends."""
     rp = cfg.replay
-    _positive(rp.capacity, "replay.capacity")
-    _positive(rp.batch_size, "replay.batch_size")
-    _positive(rp.learning_starts, "replay.learning_starts", allow_zero=True)
-    _probability(rp.alpha, "replay.alpha")
-    _probability(rp.beta, "replay.beta")
-    from torchrl_rise.replay.sampler import IMPORTANCE_WEIGHTS
-
-    if rp.importance_weights not in IMPORTANCE_WEIGHTS:
-        raise ConfigError(
-            f"replay.importance_weights must be one of {IMPORTANCE_WEIGHTS}, got "
-            f"{rp.importance_weights!r}."
-        )
-    _positive(rp.max_priority_floor, "replay.max_priority_floor", allow_zero=True)
-    if cfg.uses_sequences:
-        _validate_recurrent(cfg)
-    else:
-        _validate_transition_batch(cfg)
     frame_skip = suite_frame_skip(cfg)
     if rp.learning_starts * frame_skip > cfg.total_frames:
         raise ConfigError(
@@ -574,48 +693,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"{cfg.env.suite}), more than total_frames={cfg.total_frames}: the run would never "
             "learn. Lower replay.learning_starts or raise total_frames."
         )
-    if rp.scratch_dir:
-        _check_writable_dir(Path(rp.scratch_dir), "replay.scratch_dir")
 
-    ex = cfg.exploration
-    from torchrl_rise.modules.actor import EPS_SCHEDULES
 
-    if ex.schedule not in EPS_SCHEDULES:
-        raise ConfigError(
-            f"exploration.schedule must be one of {EPS_SCHEDULES}, got {ex.schedule!r}."
-        )
-    _probability(ex.eps_start, "exploration.eps_start")
-    _probability(ex.eps_end, "exploration.eps_end")
-    _positive(ex.eps_decay_frames, "exploration.eps_decay_frames")
-    _positive(ex.eps_off_after_frames, "exploration.eps_off_after_frames", allow_zero=True)
-
+def _validate_collector_layout(cfg: TrainConfig) -> None:
+    """What the collector backend needs of the envs and the encoder."""
     co = cfg.collector
-    if co.backend not in BACKENDS:
-        raise ConfigError(f"collector.backend must be one of {BACKENDS}, got {co.backend!r}.")
-    _positive(co.num_workers, "collector.num_workers")
-    _positive(co.steps_per_batch, "collector.steps_per_batch")
-    _positive(co.weight_sync_interval, "collector.weight_sync_interval")
-    if co.timeout_s is not None:
-        _positive(co.timeout_s, "collector.timeout_s (null: no bound)")
-    _positive(co.max_restarts, "collector.max_restarts", allow_zero=True)
-    if co.backend == "direct" and co.weight_sync_interval != 1:
-        raise ConfigError(
-            f"collector.weight_sync_interval={co.weight_sync_interval} has no effect with "
-            "collector.backend=direct, which acts with the learner's own network: leave it at 1, "
-            "or use collector.backend=multi_sync / ray."
-        )
-    if co.backend == "direct" and co.num_workers != 1:
-        raise ConfigError(
-            f"collector.backend=direct runs in one process but collector.num_workers="
-            f"{co.num_workers}. Use collector.backend=multi_sync for workers."
-        )
-    if co.overlap and co.backend != "direct":
-        raise ConfigError(
-            f"collector.overlap=true runs the single-process collector in a thread; "
-            f"collector.backend={co.backend!r} is not supported with it yet. Use "
-            "collector.backend=direct (ALE's vector env steps in C++ threads), or "
-            "collector.overlap=false."
-        )
     if co.overlap and cfg.encoder.name == "online":
         raise ConfigError(
             "encoder.name=online embeds with the agent's learning CNN inside the env, which "
@@ -633,34 +715,6 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             "env transform; worker processes would keep stale copies of it. Use "
             "collector.backend=direct with the online encoder."
         )
-
-    ev = cfg.eval
-    _positive(ev.interval_frames, "eval.interval_frames")
-    _positive(ev.episodes, "eval.episodes")
-    _positive(ev.num_envs, "eval.num_envs")
-    _positive(ev.max_steps, "eval.max_steps")
-    _probability(ev.eps, "eval.eps")
-
-    lg = cfg.logging
-    unknown = [b for b in lg.backends if b not in LOGGER_BACKENDS]
-    if unknown:
-        raise ConfigError(
-            f"logging.backends has unknown entries {unknown}; choose from {LOGGER_BACKENDS}."
-        )
-    _positive(lg.interval_frames, "logging.interval_frames")
-
-    ck = cfg.checkpoint
-    _positive(ck.interval_frames, "checkpoint.interval_frames")
-    _positive(ck.keep, "checkpoint.keep")
-    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
-        raise ConfigError(
-            "resume must be false, true (the latest run with the same suite/env/method/seed) or "
-            f"the path of a run directory or checkpoint; got {cfg.resume!r}."
-        )
-    from torchrl_rise.training.resume import check_allow_list
-
-    check_allow_list(cfg)
-    return cfg
 
 
 def _validate_transition_batch(cfg: TrainConfig) -> None:
@@ -693,25 +747,9 @@ def _validate_transition_batch(cfg: TrainConfig) -> None:
         )
 
 
-def _validate_recurrent(cfg: TrainConfig) -> None:
-    """The ``recurrent`` section, and whether the replay can serve a sequence when learning starts."""
+def _validate_sequence_replay(cfg: TrainConfig) -> None:
+    """``method=recurrent``: whether the replay can serve a sequence when learning starts."""
     rc, rp = cfg.recurrent, cfg.replay
-    for name, low in (("burn_in", 0), ("learning_length", 1), ("period", 1), ("batch_size", 1)):
-        value = getattr(rc, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"recurrent.{name} must be an integer >= {low}, got {value!r}.")
-    from torchrl_rise.replay.sequence import RECURRENT_STATE_MODES
-
-    if rc.recurrent_state not in RECURRENT_STATE_MODES:
-        raise ConfigError(
-            f"recurrent.recurrent_state must be one of {RECURRENT_STATE_MODES}, got "
-            f"{rc.recurrent_state!r}."
-        )
-    if rc.state_dtype not in ("float16", "bfloat16", "float32"):
-        raise ConfigError(
-            f"recurrent.state_dtype must be float16, bfloat16 or float32, got {rc.state_dtype!r}."
-        )
-    _probability(rc.sequence_priority_eta, "recurrent.sequence_priority_eta")
     burn = cfg.network.kwargs.get("burn_in")
     if burn is not None and burn != rc.burn_in:
         raise ConfigError(
