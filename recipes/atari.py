@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from torchrl_rise.recipe_path import drop_script_folder
 
-drop_script_folder(
-    __file__
-)  # before anything imports the simulators (see torchrl_rise.recipe_path)
+# before anything imports the simulators (see torchrl_rise.recipe_path)
+drop_script_folder(__file__)
 
 from omegaconf import DictConfig  # noqa: E402
 

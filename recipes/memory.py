@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from torchrl_rise.recipe_path import drop_script_folder
 
-drop_script_folder(
-    __file__
-)  # recipes/memory.py must not shadow a package (torchrl_rise.recipe_path)
+# recipes/memory.py must not shadow a package (torchrl_rise.recipe_path)
+drop_script_folder(__file__)
 
 from omegaconf import DictConfig  # noqa: E402
 

@@ -17,9 +17,8 @@ import os
 
 from torchrl_rise.recipe_path import drop_script_folder
 
-drop_script_folder(
-    __file__
-)  # recipes/miniworld.py must not shadow a package (torchrl_rise.recipe_path)
+# recipes/miniworld.py must not shadow a package (torchrl_rise.recipe_path)
+drop_script_folder(__file__)
 
 # MiniWorld renders with OpenGL through pyglet: headless (EGL) unless a display is asked for.
 # Set before anything imports pyglet; the env worker processes inherit it.
