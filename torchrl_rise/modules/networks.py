@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -91,6 +92,27 @@ class IQNNetworkBase(TensorDictModuleBase):
         )
 
 
+def _check_context_options(
+    *,
+    use_context: bool,
+    fusion: str,
+    gate_position: str,
+    context_length: int | None,
+    gate_bias_init: float | None,
+    gate_scale: float,
+) -> None:
+    """Refuse context-stream options that mean nothing (the gate's only with a context stream)."""
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
+    if gate_position not in GATE_POSITIONS:
+        raise ValueError(f"gate_position must be one of {GATE_POSITIONS}, got {gate_position!r}.")
+    if context_length is not None and context_length < 1:
+        raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
+    if use_context:  # like lstm_hidden and fusion, ignored without a context stream
+        check_gate_bias_init(gate_bias_init, fusion)
+        check_gate_scale(gate_scale, fusion)
+
+
 class RiseQNetwork(IQNNetworkBase):
     """IMPALA CNN on the current frame stack, optionally fused with an LSTM over the context window.
 
@@ -109,7 +131,44 @@ class RiseQNetwork(IQNNetworkBase):
     taus) and, for the gate fusion with ``emit_gate=True``, ``rise_gate`` (the flattened gate).
     Any leading batch dims are accepted, including none (one env acting).
 
-    Use :func:`make_q_network` to build it; the arguments are documented there.
+    Keyword Args:
+        num_actions: number of discrete actions.
+        in_channels: channels of ``pixels`` (``S * C``: stacked frames x channels per frame).
+        frame_size: ``(H, W)`` of ``pixels``.
+        use_context: the ``rise`` network (``True``) or BTR's (``False``: every option of the
+            context stream below is then unused).
+        embedding_dim: size ``D`` of the frozen embeddings in ``rise_context`` (ResNet18: 512).
+        context_length: if set, the window length ``K`` the network accepts (checked per call,
+            so acting and learning cannot silently use different windows); ``None`` accepts any.
+        width_scale: IMPALA channel multiplier (BTR: 2).
+        spectral_norm: spectral norm on the residual convs (BTR: True).
+        layer_norm: LayerNorm after each CNN stage stem and between the dense layers.
+        pool_size: adaptive max-pool side (BTR: 6 -> 2304 features).
+        lstm_hidden: the context LSTM's hidden size (256: the learner benchmark's sweet spot,
+            rise/btr 1.23 per update at K=80 on CPU against 1.5 at 512).
+        fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
+        gate_position: ``"post_pool"`` (fuse the 2304 pooled features) or ``"pre_pool"`` (the
+            ``[C, h, w]`` map before the adaptive max-pool).
+        gate_bias_init: the initial bias of the context projection, so the gate starts at
+            ``gate_scale * sigmoid(gate_bias_init)`` (gate fusion only); ``None`` keeps
+            PyTorch's default initialisation (docs/network.md, "The gate").
+        context_proj_zero_init: the context projection's weight starts at zero, so the fused
+            context term starts constant instead of carrying the untrained LSTM's output, while
+            gradients still reach the stream.
+        mute_context: an ablation: the context stream switched off (gate held at 1, or a zero
+            context term for ``concat``/``add``) on the unchanged rise network and data path.
+        gate_scale: the gate is ``gate_scale * sigmoid(c)`` (gate fusion only; the paper: 1).
+        num_taus: taus sampled per forward (settable later through ``net.num_taus``).
+        num_cosines: cosine features of the tau embedding.
+        mlp_hidden: width of the dueling head's dense layers (BTR: 512).
+        noisy: factorised noisy layers in the head.
+        noisy_sigma0: initial noise scale (BTR: 0.5).
+        dueling: dueling value/advantage streams.
+        emit_gate: write ``rise_gate`` (gate fusion only) for :func:`gate_statistics`.
+        pixels_key, context_key, context_mask_key, quantiles_key, taus_key, action_value_key,
+            gate_key: the TensorDict keys it reads and writes.
+
+    :func:`make_q_network` builds it by name (``"rise"``, ``"btr"``).
 
     Example:
         >>> import torch
@@ -159,17 +218,14 @@ class RiseQNetwork(IQNNetworkBase):
         gate_key: NestedKey = keys.GATE,
     ) -> None:
         super().__init__(num_taus=num_taus)
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
-        if gate_position not in GATE_POSITIONS:
-            raise ValueError(
-                f"gate_position must be one of {GATE_POSITIONS}, got {gate_position!r}."
-            )
-        if context_length is not None and context_length < 1:
-            raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
-        if use_context:  # like lstm_hidden and fusion, ignored without a context stream
-            check_gate_bias_init(gate_bias_init, fusion)
-            check_gate_scale(gate_scale, fusion)
+        _check_context_options(
+            use_context=use_context,
+            fusion=fusion,
+            gate_position=gate_position,
+            context_length=context_length,
+            gate_bias_init=gate_bias_init,
+            gate_scale=gate_scale,
+        )
         cnn = ImpalaCNN(
             in_channels,
             frame_size=frame_size,
@@ -182,19 +238,21 @@ class RiseQNetwork(IQNNetworkBase):
         self.fusion_mode = fusion if use_context else None
         self.gate_position = gate_position
         self.context_length = context_length
-        context = None
-        if use_context:
-            # post_pool: fuse the pooled [F] features; pre_pool: the [C, h, w] map before the pool
-            feature_shape = (cnn.out_features,) if gate_position == "post_pool" else cnn.map_shape
-            # built before the head: the same seed gives the same weights as before the stream
-            # existed (construction order cnn, context, head)
-            context = ContextLSTM(
+        # post_pool: fuse the pooled [F] features; pre_pool: the [C, h, w] map before the pool
+        feature_shape = (cnn.out_features,) if gate_position == "post_pool" else cnn.map_shape
+        # built before the head: the same seed gives the same weights as before the stream
+        # existed (construction order cnn, context, head)
+        context = (
+            ContextLSTM(
                 embedding_dim,
                 hidden=lstm_hidden,
                 out_features=math.prod(feature_shape),
                 out_bias=gate_bias_init,
                 zero_weight=context_proj_zero_init,
             )
+            if use_context
+            else None
+        )
         factor = 2 if use_context and fusion == "concat" else 1
         head = DuelingIQNHead(
             cnn.out_features * factor,
@@ -228,17 +286,24 @@ class RiseQNetwork(IQNNetworkBase):
         self.__dict__["_stream"] = stream
         self.num_actions = num_actions
         self.emit_gate = emit_gate and use_context and fusion == "gate"
-        self.pixels_key = pixels_key
-        self.context_key = context_key
-        self.context_mask_key = context_mask_key
-        self.quantiles_key = quantiles_key
-        self.taus_key = taus_key
-        self.action_value_key = action_value_key
-        self.gate_key = gate_key
-        self.in_keys = [pixels_key] + ([context_key, context_mask_key] if use_context else [])
-        self.out_keys = [quantiles_key, taus_key, action_value_key] + (
-            [gate_key] if self.emit_gate else []
+        self._set_keys(
+            pixels_key=pixels_key,
+            context_key=context_key,
+            context_mask_key=context_mask_key,
+            quantiles_key=quantiles_key,
+            taus_key=taus_key,
+            action_value_key=action_value_key,
+            gate_key=gate_key,
         )
+
+    def _set_keys(self, **keys_: NestedKey) -> None:
+        for name, key in keys_.items():
+            setattr(self, name, key)
+        context = [self.context_key, self.context_mask_key] if self.use_context else []
+        self.in_keys = [self.pixels_key, *context]
+        self.out_keys = [self.quantiles_key, self.taus_key, self.action_value_key]
+        if self.emit_gate:
+            self.out_keys.append(self.gate_key)
 
     @property
     def stream(self) -> RiseContextStream | None:
@@ -491,36 +556,36 @@ class RecurrentBaselineQNetwork(IQNNetworkBase):
         return tensordict
 
 
+# Options only one kind of network has. The other kinds ignore them, so one ``network.kwargs``
+# serves every method of a suite (its presets size the context LSTM for rise, say).
+CONTEXT_STREAM_OPTIONS = frozenset(
+    {
+        "embedding_dim",
+        "context_length",
+        "fusion",
+        "gate_position",
+        "gate_bias_init",
+        "gate_scale",
+        "context_proj_zero_init",
+        "mute_context",
+        "emit_gate",
+    }
+)
+SEQUENCE_OPTIONS = frozenset({"burn_in"})
+
+
 def make_q_network(
     kind: str,
     *,
     num_actions: int,
     in_channels: int,
-    frame_size: Sequence[int] = (84, 84),
-    embedding_dim: int = 512,
-    context_length: int | None = None,
-    width_scale: float = 2,
-    spectral_norm: bool = True,
-    layer_norm: bool = False,
-    pool_size: int = 6,
-    lstm_hidden: int | None = None,
-    fusion: str = "gate",
-    gate_position: str = "post_pool",
-    gate_bias_init: float | None = None,
-    context_proj_zero_init: bool = False,
-    mute_context: bool = False,
-    gate_scale: float = 1.0,
-    num_taus: int = 8,
-    num_cosines: int = 64,
-    mlp_hidden: int = 512,
-    noisy: bool = True,
-    noisy_sigma0: float = 0.5,
-    dueling: bool = True,
-    burn_in: int = 40,
     channels_last: bool = True,
-    emit_gate: bool = True,
+    **options: Any,
 ) -> IQNNetworkBase:
     """Build one of the three configurations of the network family.
+
+    Every option's default lives in the network class it configures; this factory only picks the
+    class and drops the options that kind does not have.
 
     Args:
         kind: ``"rise"`` (IMPALA CNN + LSTM context stream, fused), ``"btr"`` (BTR exactly: no
@@ -530,44 +595,15 @@ def make_q_network(
     Keyword Args:
         num_actions: number of discrete actions.
         in_channels: channels of ``pixels`` (``S * C``: stacked frames x channels per frame).
-        frame_size: ``(H, W)`` of ``pixels``.
-        embedding_dim: size ``D`` of the frozen embeddings in ``rise_context`` (ResNet18: 512).
-        context_length: if set, the window length ``K`` the network accepts (checked per call,
-            so acting and learning cannot silently use different windows); ``None`` accepts any.
-        width_scale: IMPALA channel multiplier (BTR: 2).
-        spectral_norm: spectral norm on the residual convs (BTR: True).
-        layer_norm: LayerNorm after each CNN stage stem and between the dense layers.
-        pool_size: adaptive max-pool side (BTR: 6 -> 2304 features).
-        lstm_hidden: LSTM hidden size; ``None`` keeps the class default: 256 for the context
-            stream of ``rise`` (:class:`RiseQNetwork`, :class:`RiseContextStream`; the
-            learner benchmark's sweet spot: rise/btr 1.23 per update at K=80 on CPU, against 1.5 at
-            512) and 512 for the recurrent core of ``recurrent_baseline`` (R2D2's size).
-        fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
-        gate_position: ``"post_pool"`` (fuse the 2304 pooled features, default) or
-            ``"pre_pool"`` (fuse the ``[C, h, w]`` map before the adaptive max-pool).
-        gate_bias_init: ``rise`` with the gate fusion: the initial bias of the context
-            projection, so the gate starts at ``sigmoid(gate_bias_init)``; ``None`` keeps
-            PyTorch's default initialisation (the gate starts near 0.5; docs/network.md).
-        context_proj_zero_init: ``rise`` only, an ablation: the context projection's weight
-            starts at zero, so the fused context term starts constant (the gate at
-            ``sigmoid(bias)``) instead of carrying the untrained LSTM's output, while gradients
-            still reach the stream (docs/network.md).
-        mute_context: ``rise`` only, an ablation: the context stream is switched off (gate held
-            at 1, or a zero context term for ``concat``/``add``) on the unchanged rise network
-            and data path.
-        gate_scale: ``rise`` with the gate fusion: the gate is ``gate_scale * sigmoid(c)``
-            (the paper: 1). With 2, ``gate_bias_init=0`` and ``context_proj_zero_init`` the gate
-            starts at exactly 1 (docs/network.md, "The gate").
-        num_taus: taus sampled per forward (settable later through ``net.num_taus``).
-        num_cosines: cosine features of the tau embedding.
-        mlp_hidden: width of the dueling head's dense layers (BTR: 512).
-        noisy: factorised noisy layers in the head.
-        noisy_sigma0: initial noise scale (BTR: 0.5).
-        dueling: dueling value/advantage streams.
-        burn_in: ``recurrent_baseline`` only: steps run without gradient before the trained ones.
         channels_last: run the CNN channels-last (default: measurably faster on CPU in fp32 too;
             pair with bf16 autocast where bf16 is native).
-        emit_gate: write ``rise_gate`` (gate fusion only) for :func:`gate_statistics`.
+        **options: the options of :class:`RiseQNetwork` (``rise``, ``btr``) or of
+            :class:`RecurrentBaselineQNetwork` (``recurrent_baseline``). ``burn_in``
+            (:data:`SEQUENCE_OPTIONS`) is ignored by ``rise``/``btr`` and the context stream's
+            options (:data:`CONTEXT_STREAM_OPTIONS`) by ``recurrent_baseline``; ``btr`` builds no
+            context stream, so they do nothing there either. ``lstm_hidden=None`` keeps the
+            class's size (256 for RISE's context LSTM, 512 for the recurrent core). Any other
+            unknown option raises ``TypeError``.
 
     Returns:
         a :class:`~tensordict.nn.TensorDictModuleBase` (see :class:`RiseQNetwork` and
@@ -578,40 +614,15 @@ def make_q_network(
         >>> net.in_keys, net.out_keys
         (['pixels'], ['quantiles', 'taus', 'action_value'])
     """
-    # lstm_hidden=None: the network class's own default (the one home of each size)
-    sizes = {} if lstm_hidden is None else {"lstm_hidden": lstm_hidden}
-    common = dict(
-        num_actions=num_actions,
-        in_channels=in_channels,
-        frame_size=frame_size,
-        width_scale=width_scale,
-        spectral_norm=spectral_norm,
-        layer_norm=layer_norm,
-        pool_size=pool_size,
-        **sizes,
-        num_taus=num_taus,
-        num_cosines=num_cosines,
-        mlp_hidden=mlp_hidden,
-        noisy=noisy,
-        noisy_sigma0=noisy_sigma0,
-        dueling=dueling,
-    )
+    if options.get("lstm_hidden", 0) is None:
+        del options["lstm_hidden"]
+    size = dict(num_actions=num_actions, in_channels=in_channels)
     if kind in ("rise", "btr"):
-        net: IQNNetworkBase = RiseQNetwork(
-            use_context=kind == "rise",
-            embedding_dim=embedding_dim,
-            context_length=context_length,
-            fusion=fusion,
-            gate_position=gate_position,
-            gate_bias_init=gate_bias_init,
-            context_proj_zero_init=context_proj_zero_init,
-            mute_context=mute_context,
-            gate_scale=gate_scale,
-            emit_gate=emit_gate,
-            **common,
-        )
+        kept = {k: v for k, v in options.items() if k not in SEQUENCE_OPTIONS}
+        net: IQNNetworkBase = RiseQNetwork(use_context=kind == "rise", **size, **kept)
     elif kind == "recurrent_baseline":
-        net = RecurrentBaselineQNetwork(burn_in=burn_in, **common)
+        kept = {k: v for k, v in options.items() if k not in CONTEXT_STREAM_OPTIONS}
+        net = RecurrentBaselineQNetwork(**size, **kept)
     else:
         raise ValueError(f"kind must be one of {NETWORK_KINDS}, got {kind!r}.")
     if channels_last:
