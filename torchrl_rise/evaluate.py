@@ -125,7 +125,6 @@ def evaluate_checkpoint(
     """
     from torchrl_rise.training.builders import evaluation_policy
     from torchrl_rise.training.checkpoint import find_latest_checkpoint, load_checkpoint
-    from torchrl_rise.training.config import ConfigError
     from torchrl_rise.training.evaluation import evaluate
 
     options = options or EvalOptions()
@@ -138,12 +137,7 @@ def evaluate_checkpoint(
     run = _run_dir_of(ckpt)
     cfg = _config(run, options)
     state = load_checkpoint(ckpt, map_location=options.device)["state"]
-    for key, mine in (("method", cfg.method), ("suite", cfg.env.suite), ("env_id", cfg.env.env_id)):
-        if state.get(key) != mine:
-            raise ConfigError(
-                f"checkpoint {ckpt} was trained with {key}={state.get(key)!r}, but {run} "
-                f"/{CONFIG_FILE} says {key}={mine!r}: is the checkpoint from another run?"
-            )
+    _check_same_run(state, cfg, ckpt=ckpt, run=run)
     env_info, actor, net, eval_env_factory = (build or _build)(cfg)
     actor.load_state_dict(state["actor"])  # the network's weights and the eps schedule's
     policy = evaluation_policy(cfg, net)
@@ -163,6 +157,25 @@ def evaluate_checkpoint(
         )
     finally:
         env.close()
+    return _result(result, cfg=cfg, state=state, ckpt=ckpt, run=run)
+
+
+def _check_same_run(state: dict[str, Any], cfg: Any, *, ckpt: Path, run: Path) -> None:
+    """Raise ``ConfigError`` unless the checkpoint was trained on the method and env of ``cfg``."""
+    from torchrl_rise.training.config import ConfigError
+
+    for key, mine in (("method", cfg.method), ("suite", cfg.env.suite), ("env_id", cfg.env.env_id)):
+        if state.get(key) != mine:
+            raise ConfigError(
+                f"checkpoint {ckpt} was trained with {key}={state.get(key)!r}, but {run} "
+                f"/{CONFIG_FILE} says {key}={mine!r}: is the checkpoint from another run?"
+            )
+
+
+def _result(
+    result: Any, *, cfg: Any, state: dict[str, Any], ckpt: Path, run: Path
+) -> dict[str, Any]:
+    """The JSON-safe record of one evaluation (see :func:`evaluate_checkpoint`'s Returns)."""
     counters = state.get("counters", {})
     return {
         "checkpoint": str(ckpt),

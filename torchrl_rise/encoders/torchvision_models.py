@@ -287,26 +287,10 @@ class TorchvisionEncoder(FrozenEncoder):
         return self.backbone(images)
 
 
-def _build_torchvision(
-    arch: str,
-    *,
-    weights: str | os.PathLike[str] = "auto",
-    frame_channels: int = 1,
-    frame_index: int = -1,
-    channels_last: bool = False,
-    resize: int | Sequence[int] | None = None,
-    imagenet_normalize: bool | None = None,
-    seed: int = 0,
-    chunk_size: int | None = 1024,
-    download_timeout: float = 10.0,
-    precision: str = "fp32",
-    fuse: bool = False,
-    calibration_frames: torch.Tensor | None = None,
-    calibration_size: int = 128,
-) -> TorchvisionEncoder:
-    import torchvision
-
-    builder, _, head, _ = _ARCHS[arch]
+def _check_options(
+    arch: str, *, frame_channels: int, frame_index: int, weights: Any, precision: str
+) -> None:
+    """Raise for frame, weights or precision options that ``arch`` cannot be built with."""
     if frame_channels not in (1, 3):
         raise ValueError(
             f"{arch} takes grayscale (frame_channels=1, replicated to RGB) or RGB "
@@ -328,17 +312,22 @@ def _build_torchvision(
             "squeeze-excitation blocks drift far from fp32 under static int8 quantisation; use "
             "precision='fp32' (fuse=True for a faster CPU variant) or 'bf16'."
         )
-    requested = os.fspath(weights)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = getattr(torchvision.models, builder)(weights=None)
-    setattr(model, head, nn.Identity())
+
+def _load_weights(
+    model: nn.Module, *, arch: str, head: str, requested: str, seed: int, timeout: float
+) -> str:
+    """Load the ``requested`` weights into ``model``; return where they came from.
+
+    ``"imagenet"``/``"auto"`` load the ImageNet file (``"auto"`` falls back to the random init
+    with a warning), a path loads that file, ``"random"`` keeps the seeded init; a random init
+    gets its batch-norm statistics calibrated.
+    """
     source = f"random(seed={seed})"
     loaded = False
     if requested in ("imagenet", "auto"):
         try:
-            state, source = _imagenet_state_dict(arch, timeout=download_timeout)
+            state, source = _imagenet_state_dict(arch, timeout=timeout)
             _load_into(
                 model, state, arch=arch, head=head, source=f"the cached {arch} ImageNet file"
             )
@@ -352,7 +341,7 @@ def _build_torchvision(
                 f"features. Reason: {err}"
             )
             logger.warning(message)
-            warnings.warn(message, UserWarning, stacklevel=4)
+            warnings.warn(message, UserWarning, stacklevel=5)
     elif requested != "random":
         state, digest = load_state_dict_file(requested)
         path = Path(requested).expanduser().resolve()
@@ -361,6 +350,45 @@ def _build_torchvision(
         loaded = True
     if not loaded:
         _calibrate_batchnorm(model, seed=seed)
+    return source
+
+
+def _build_torchvision(
+    arch: str,
+    *,
+    weights: str | os.PathLike[str] = "auto",
+    frame_channels: int = 1,
+    frame_index: int = -1,
+    channels_last: bool = False,
+    resize: int | Sequence[int] | None = None,
+    imagenet_normalize: bool | None = None,
+    seed: int = 0,
+    chunk_size: int | None = 1024,
+    download_timeout: float = 10.0,
+    precision: str = "fp32",
+    fuse: bool = False,
+    calibration_frames: torch.Tensor | None = None,
+    calibration_size: int = 128,
+) -> TorchvisionEncoder:
+    import torchvision
+
+    builder, _, head, _ = _ARCHS[arch]
+    _check_options(
+        arch,
+        frame_channels=frame_channels,
+        frame_index=frame_index,
+        weights=weights,
+        precision=precision,
+    )
+    requested = os.fspath(weights)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(torchvision.models, builder)(weights=None)
+    setattr(model, head, nn.Identity())
+    source = _load_weights(
+        model, arch=arch, head=head, requested=requested, seed=seed, timeout=download_timeout
+    )
 
     preprocessor = PixelPreprocessor(
         frame_channels=frame_channels,

@@ -134,10 +134,7 @@ def make_env(
         (torch.Size([4, 11, 4, 32, 32]), torch.Size([4, 11, 1]))
     """
     module = _suite_module(suite)
-    if not isinstance(env_id, str) or not env_id:
-        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    _check_id_and_seed(env_id, seed)
     check_reward_scale(reward_scale, clip_rewards=clip_rewards)
     env = module.build(
         env_id,
@@ -153,6 +150,19 @@ def make_env(
         backend=backend,
         **suite_kwargs,
     )
+    return _scale_rewards(env, reward_scale)
+
+
+def _check_id_and_seed(env_id: str, seed: int) -> None:
+    """Raise ``ValueError`` unless ``env_id`` is a non-empty string and ``seed`` an int."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+
+
+def _scale_rewards(env: EnvBase, reward_scale: float) -> EnvBase:
+    """Append a scaling of ``"reward"`` by ``reward_scale`` to ``env`` unless it is 1."""
     if reward_scale != 1.0:
         env.append_transform(
             RewardScaling(loc=0.0, scale=float(reward_scale), in_keys=[keys.REWARD])

@@ -27,11 +27,9 @@ from torchrl.envs import EnvBase
 
 from torchrl_rise import keys
 from torchrl_rise.envs.common import (
-    EnvInfo,
-    attach_info,
     batch_envs,
     check_positive,
-    finish_env,
+    finish_suite_env,
     reject_unknown,
     resolve_options,
 )
@@ -86,6 +84,26 @@ def rom_name(env_id: str) -> str:
 def _ale_seed(seed: int) -> int:
     """ALE takes 32-bit seeds; TorchRL's seed chains (``SerialEnv.set_seed``) can be larger."""
     return int(seed) % (2**31 - 2**16)  # leaves room for ALE's ``seed + i`` per emulator
+
+
+def _check_options(
+    *,
+    num_envs: int,
+    frame_skip: int,
+    max_episode_frames: int | None,
+    repeat_action_probability: float,
+    noop_max: int,
+) -> None:
+    """Raise ``ValueError`` for :class:`AtariVectorEnvWrapper` options out of range."""
+    check_positive("num_envs", num_envs)
+    check_positive("frame_skip", frame_skip)
+    check_positive("max_episode_frames", max_episode_frames, allow_none=True)
+    if not 0.0 <= repeat_action_probability <= 1.0:
+        raise ValueError(
+            f"repeat_action_probability must be in [0, 1], got {repeat_action_probability!r}"
+        )
+    if not isinstance(noop_max, int) or noop_max < 0:
+        raise ValueError(f"noop_max must be a non-negative integer, got {noop_max!r}")
 
 
 class AtariVectorEnvWrapper(EnvBase):
@@ -145,15 +163,13 @@ class AtariVectorEnvWrapper(EnvBase):
     ) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
-        check_positive("num_envs", num_envs)
-        check_positive("frame_skip", frame_skip)
-        check_positive("max_episode_frames", max_episode_frames, allow_none=True)
-        if not 0.0 <= repeat_action_probability <= 1.0:
-            raise ValueError(
-                f"repeat_action_probability must be in [0, 1], got {repeat_action_probability!r}"
-            )
-        if not isinstance(noop_max, int) or noop_max < 0:
-            raise ValueError(f"noop_max must be a non-negative integer, got {noop_max!r}")
+        _check_options(
+            num_envs=num_envs,
+            frame_skip=frame_skip,
+            max_episode_frames=max_episode_frames,
+            repeat_action_probability=repeat_action_probability,
+            noop_max=noop_max,
+        )
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.game = rom_name(game)
         self.frame_size = tuple(frame_size)
@@ -181,7 +197,15 @@ class AtariVectorEnvWrapper(EnvBase):
         )
         self.num_actions = int(self._vec.single_action_space.n)
         self._seed: int | None = _ale_seed(seed)
-        channels = 1 if grayscale else 3
+        self._set_specs(channels=1 if grayscale else 3)
+        # Last observation of every env, and the first observation of the next episode of envs
+        # that ALE auto-reset at their last step (consumed by the next ``_reset``).
+        self._obs: torch.Tensor | None = None
+        self._pending = np.zeros(num_envs, dtype=bool)
+        self._pending_obs: torch.Tensor | None = None
+
+    def _set_specs(self, *, channels: int) -> None:
+        """Observation (``channels`` x frame size uint8 pixels), action, reward and done specs."""
         b = self.batch_size
         self.observation_spec = Composite(
             {
@@ -206,11 +230,6 @@ class AtariVectorEnvWrapper(EnvBase):
             },
             shape=b,
         )
-        # Last observation of every env, and the first observation of the next episode of envs
-        # that ALE auto-reset at their last step (consumed by the next ``_reset``).
-        self._obs: torch.Tensor | None = None
-        self._pending = np.zeros(num_envs, dtype=bool)
-        self._pending_obs: torch.Tensor | None = None
 
     def _frames(self, obs: np.ndarray) -> torch.Tensor:
         # ALE: [B, stack=1, H, W] (grayscale) or [B, 1, H, W, 3] (RGB).
@@ -390,20 +409,15 @@ def build(
             device=device,
             seed=seed,
         )
-    env = finish_env(
-        base, frame_stack=opts.frame_stack, clip_rewards=clip_rewards, max_episode_steps=None
-    )
-    info = EnvInfo(
+    return finish_suite_env(
+        base,
         suite="atari",
         env_id=env_id,
-        num_envs=opts.num_envs,
-        num_actions=int(env.action_spec.space.n),
-        frame_channels=1 if opts.grayscale else 3,
-        frame_stack=opts.frame_stack,
-        frame_size=opts.frame_size,
-        frame_skip=frame_skip,
-        backend=opts.backend,
+        opts=opts,
+        num_actions=int(base.action_spec.space.n),
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
+        time_limit=None,
         max_episode_steps=max_frames // frame_skip,
+        frame_skip=frame_skip,
     )
-    return attach_info(env, info)

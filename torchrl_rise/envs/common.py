@@ -410,3 +410,100 @@ def batch_envs(
         raise ValueError(f"batch_envs handles 'serial' and 'parallel', not {backend!r}")
     env.set_seed(seed)
     return env
+
+
+def probe_num_actions(create_env_fn: Callable[[], EnvBase]) -> int:
+    """Build one env in this process and return its number of discrete actions.
+
+    Building one here first makes bad suite options fail with a clear error in the caller's
+    process rather than in a batch worker.
+    """
+    probe = create_env_fn()
+    num_actions = int(probe.action_spec.space.n)
+    probe.close()
+    return num_actions
+
+
+def finish_suite_env(
+    base: EnvBase,
+    *,
+    suite: str,
+    env_id: str,
+    opts: Resolved,
+    num_actions: int,
+    clip_rewards: bool,
+    eval_mode: bool,
+    time_limit: int | None,
+    max_episode_steps: int | None,
+    frame_skip: int = 1,
+    success_key: NestedKey | None = None,
+) -> TransformedEnv:
+    """Wrap ``base`` in the standard stack (:func:`finish_env`) and attach its :class:`EnvInfo`.
+
+    ``opts`` gives the batch size, frame stack, frame size, channels (grayscale or RGB) and
+    backend that the info records. ``time_limit`` is the agent-step cap the stack enforces
+    (``None``: none), ``max_episode_steps`` the cap the info records (the simulator may end
+    episodes itself).
+    """
+    env = finish_env(
+        base,
+        frame_stack=opts.frame_stack,
+        clip_rewards=clip_rewards,
+        max_episode_steps=time_limit,
+    )
+    info = EnvInfo(
+        suite=suite,
+        env_id=env_id,
+        num_envs=opts.num_envs,
+        num_actions=num_actions,
+        frame_channels=1 if opts.grayscale else 3,
+        frame_stack=opts.frame_stack,
+        frame_size=opts.frame_size,
+        frame_skip=frame_skip,
+        backend=opts.backend,
+        eval_mode=eval_mode,
+        max_episode_steps=max_episode_steps,
+        success_key=success_key,
+    )
+    return attach_info(env, info)
+
+
+def batch_suite_env(
+    create_env_fn: Callable[[], EnvBase],
+    *,
+    suite: str,
+    env_id: str,
+    opts: Resolved,
+    num_actions: int,
+    seed: int,
+    device: torch.device,
+    clip_rewards: bool,
+    eval_mode: bool,
+    max_episode_steps: int | None,
+    frame_skip: int = 1,
+) -> TransformedEnv:
+    """Batch copies of ``create_env_fn`` (:func:`batch_envs`) and finish them (:func:`finish_suite_env`).
+
+    The path of the suites whose simulators run one env each (MiniWorld, Memory Gym, ViZDoom).
+    """
+    base = batch_envs(
+        create_env_fn, num_envs=opts.num_envs, backend=opts.backend, device=device, seed=seed
+    )
+    return finish_suite_env(
+        base,
+        suite=suite,
+        env_id=env_id,
+        opts=opts,
+        num_actions=num_actions,
+        clip_rewards=clip_rewards,
+        eval_mode=eval_mode,
+        time_limit=max_episode_steps,
+        max_episode_steps=max_episode_steps,
+        frame_skip=frame_skip,
+    )
+
+
+def check_env_id(env_id: str, valid: Sequence[str], *, suite_name: str) -> None:
+    """Raise ``ValueError`` naming the valid ids unless ``env_id`` is one of them."""
+    if env_id not in valid:
+        raise ValueError(f"Unknown {suite_name} env id {env_id!r}. Valid ids: {', '.join(valid)}.")

@@ -291,13 +291,7 @@ def build(
     the id and may be overridden by keyword. ``eval_mode`` changes nothing (the task has no
     train/test split; evaluate with another seed).
     """
-    from torchrl_rise.envs.common import (
-        EnvInfo,
-        attach_info,
-        finish_env,
-        reject_unknown,
-        resolve_options,
-    )
+    from torchrl_rise.envs.common import finish_suite_env, reject_unknown, resolve_options
 
     reject_unknown("memory", kwargs, _OPTIONS)
     opts = resolve_options(
@@ -322,26 +316,17 @@ def build(
         device=device,
         **params,
     )
-    env = finish_env(
+    return finish_suite_env(
         base,
-        frame_stack=opts.frame_stack,
-        clip_rewards=clip_rewards,
-        max_episode_steps=max_episode_frames,
-    )
-    info = EnvInfo(
         suite="memory",
         env_id=env_id,
-        num_envs=opts.num_envs,
+        opts=opts,
         num_actions=base.num_cues,
-        frame_channels=base.channels,
-        frame_stack=opts.frame_stack,
-        frame_size=opts.frame_size,
-        frame_skip=1,
-        backend=opts.backend,
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
+        time_limit=max_episode_frames,
         max_episode_steps=base.length + 1
         if max_episode_frames is None
         else min(base.length + 1, max_episode_frames),
         success_key=SUCCESS,
     )
-    return attach_info(env, info)

@@ -38,12 +38,11 @@ import torch
 from torchrl_rise import keys
 from torchrl_rise._optional import import_optional
 from torchrl_rise.envs.common import (
-    EnvInfo,
     PixelPreprocess,
-    attach_info,
-    batch_envs,
+    batch_suite_env,
+    check_env_id,
     check_positive,
-    finish_env,
+    probe_num_actions,
     reject_unknown,
     resolve_options,
 )
@@ -226,6 +225,33 @@ def _mortar_mayhem_flag(kwargs: dict[str, Any], name: str, env_id: str, lacks: s
     return value
 
 
+def _reset_params(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``reset_params`` suite option, checked to be a dict (a copy; ``{}`` when unset)."""
+    reset_params = kwargs.get("reset_params") or {}
+    if not isinstance(reset_params, dict):
+        raise TypeError(
+            f"reset_params must be a dict of Memory Gym reset parameters, got {reset_params!r}; "
+            "e.g. {'command_count': [1]}."
+        )
+    return dict(reset_params)
+
+
+def _probe_num_actions(make_one, *, env_id: str, reset_params: dict[str, Any]) -> int:
+    """Build and reset one env here first: bad reset parameters fail with Memory Gym's error here."""
+
+    def build_and_reset():
+        try:
+            probe = make_one()
+            probe.reset()
+        except (KeyError, ValueError, AssertionError, TypeError) as err:
+            raise ValueError(
+                f"Memory Gym rejected reset_params={reset_params!r} for {env_id!r}: {err}"
+            ) from err
+        return probe
+
+    return probe_num_actions(build_and_reset)
+
+
 def build(
     env_id: str,
     *,
@@ -263,15 +289,8 @@ def build(
         default_grayscale=False,
         backends=("serial", "parallel"),
     )
-    valid = list_env_ids()
-    if env_id not in valid:
-        raise ValueError(f"Unknown Memory Gym env id {env_id!r}. Valid ids: {', '.join(valid)}.")
-    reset_params = kwargs.get("reset_params") or {}
-    if not isinstance(reset_params, dict):
-        raise TypeError(
-            f"reset_params must be a dict of Memory Gym reset parameters, got {reset_params!r}; "
-            "e.g. {'command_count': [1]}."
-        )
+    check_env_id(env_id, list_env_ids(), suite_name="Memory Gym")
+    reset_params = _reset_params(kwargs)
     crop_to_arena = _mortar_mayhem_flag(
         kwargs, "crop_to_arena", env_id, "draws no arena to crop to"
     )
@@ -280,42 +299,21 @@ def build(
     make_one = functools.partial(
         _single_env,
         env_id,
-        reset_params=dict(reset_params),
+        reset_params=reset_params,
         crop_to_arena=crop_to_arena,
         expose_cue=expose_cue,
         frame_size=opts.frame_size,
         grayscale=opts.grayscale,
     )
-    # Build and reset one here first: bad reset parameters fail with Memory Gym's error here.
-    try:
-        probe = make_one()
-        probe.reset()
-    except (KeyError, ValueError, AssertionError, TypeError) as err:
-        raise ValueError(
-            f"Memory Gym rejected reset_params={reset_params!r} for {env_id!r}: {err}"
-        ) from err
-    num_actions = int(probe.action_spec.space.n)
-    probe.close()
-    base = batch_envs(
-        make_one, num_envs=opts.num_envs, backend=opts.backend, device=device, seed=seed
-    )
-    env = finish_env(
-        base,
-        frame_stack=opts.frame_stack,
-        clip_rewards=clip_rewards,
-        max_episode_steps=max_episode_frames,
-    )
-    info = EnvInfo(
+    return batch_suite_env(
+        make_one,
         suite="memorygym",
         env_id=env_id,
-        num_envs=opts.num_envs,
-        num_actions=num_actions,
-        frame_channels=1 if opts.grayscale else 3,
-        frame_stack=opts.frame_stack,
-        frame_size=opts.frame_size,
-        frame_skip=1,
-        backend=opts.backend,
+        opts=opts,
+        num_actions=_probe_num_actions(make_one, env_id=env_id, reset_params=reset_params),
+        seed=seed,
+        device=device,
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
         max_episode_steps=max_episode_frames,
     )
-    return attach_info(env, info)

@@ -19,12 +19,11 @@ import torch
 from torchrl_rise import keys
 from torchrl_rise._optional import import_optional
 from torchrl_rise.envs.common import (
-    EnvInfo,
     PixelPreprocess,
-    attach_info,
-    batch_envs,
+    batch_suite_env,
+    check_env_id,
     check_positive,
-    finish_env,
+    probe_num_actions,
     reject_unknown,
     resolve_options,
 )
@@ -91,9 +90,7 @@ def build(
     """
     reject_unknown("miniworld", kwargs, _OPTIONS)
     _miniworld()
-    valid = list_env_ids()
-    if env_id not in valid:
-        raise ValueError(f"Unknown MiniWorld env id {env_id!r}. Valid ids: {', '.join(valid)}.")
+    check_env_id(env_id, list_env_ids(), suite_name="MiniWorld")
     opts = resolve_options(
         "miniworld",
         num_envs=num_envs,
@@ -114,29 +111,15 @@ def build(
         grayscale=opts.grayscale,
         env_kwargs=dict(kwargs.get("env_kwargs") or {}),
     )
-    probe = make_one()
-    num_actions = int(probe.action_spec.space.n)
-    probe.close()
-    base = batch_envs(
-        make_one, num_envs=opts.num_envs, backend=opts.backend, device=device, seed=seed
-    )
-    env = finish_env(
-        base,
-        frame_stack=opts.frame_stack,
-        clip_rewards=clip_rewards,
-        max_episode_steps=max_episode_frames,
-    )
-    info = EnvInfo(
+    return batch_suite_env(
+        make_one,
         suite="miniworld",
         env_id=env_id,
-        num_envs=opts.num_envs,
-        num_actions=num_actions,
-        frame_channels=1 if opts.grayscale else 3,
-        frame_stack=opts.frame_stack,
-        frame_size=opts.frame_size,
-        frame_skip=1,
-        backend=opts.backend,
+        opts=opts,
+        num_actions=probe_num_actions(make_one),
+        seed=seed,
+        device=device,
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
         max_episode_steps=max_episode_frames,
     )
-    return attach_info(env, info)

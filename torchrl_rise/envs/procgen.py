@@ -16,6 +16,8 @@ and ``max_episode_frames`` is not supported (Procgen's own time-out applies).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -26,10 +28,9 @@ from torchrl_rise import keys
 from torchrl_rise._optional import import_optional
 from torchrl_rise.envs.common import (
     SUCCESS,
-    EnvInfo,
-    attach_info,
+    check_env_id,
     check_positive,
-    finish_env,
+    finish_suite_env,
     reject_unknown,
     resolve_options,
 )
@@ -241,6 +242,21 @@ class ProcgenVectorEnv(EnvBase):
         super().close(raise_if_closed=raise_if_closed)
 
 
+def _level_range(kwargs: dict[str, Any], *, eval_mode: bool) -> tuple[int, int]:
+    """``(start_level, num_levels)`` of the training levels, or with ``eval_mode`` the eval levels.
+
+    By default the evaluation levels start after the training levels.
+    """
+    num_levels = kwargs.get("num_levels", TRAIN_LEVELS)
+    start_level = kwargs.get("start_level", 0)
+    if eval_mode:
+        start_level, num_levels = (
+            kwargs.get("eval_start_level", start_level + num_levels),
+            kwargs.get("eval_num_levels", EVAL_NUM_LEVELS),
+        )
+    return start_level, num_levels
+
+
 def build(
     env_id: str,
     *,
@@ -264,9 +280,7 @@ def build(
     vectorised in C++). Frames are 64x64 RGB only (Procgen renders nothing else).
     """
     reject_unknown("procgen", kwargs, _OPTIONS)
-    valid = list_env_ids()
-    if env_id not in valid:
-        raise ValueError(f"Unknown Procgen env id {env_id!r}. Valid ids: {', '.join(valid)}.")
+    check_env_id(env_id, list_env_ids(), suite_name="Procgen")
     if max_episode_frames is not None:
         raise ValueError(
             "max_episode_frames is not supported for Procgen: gym3 cannot end a single running "
@@ -289,13 +303,7 @@ def build(
             f"Procgen renders RGB 64x64 frames only; got frame_size={opts.frame_size}, "
             f"grayscale={opts.grayscale}. Leave both as None."
         )
-    num_levels = kwargs.get("num_levels", TRAIN_LEVELS)
-    start_level = kwargs.get("start_level", 0)
-    if eval_mode:
-        start_level, num_levels = (
-            kwargs.get("eval_start_level", start_level + num_levels),
-            kwargs.get("eval_num_levels", EVAL_NUM_LEVELS),
-        )
+    start_level, num_levels = _level_range(kwargs, eval_mode=eval_mode)
     base = ProcgenVectorEnv(
         env_id,
         opts.num_envs,
@@ -305,20 +313,15 @@ def build(
         start_level=start_level,
         device=device,
     )
-    env = finish_env(
-        base, frame_stack=opts.frame_stack, clip_rewards=clip_rewards, max_episode_steps=None
-    )
-    info = EnvInfo(
+    return finish_suite_env(
+        base,
         suite="procgen",
         env_id=env_id,
-        num_envs=opts.num_envs,
+        opts=opts,
         num_actions=int(base.action_spec.space.n),
-        frame_channels=3,
-        frame_stack=opts.frame_stack,
-        frame_size=(64, 64),
-        frame_skip=1,
-        backend="vector",
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
+        time_limit=None,
+        max_episode_steps=None,
         success_key=SUCCESS,
     )
-    return attach_info(env, info)

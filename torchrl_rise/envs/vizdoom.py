@@ -21,12 +21,11 @@ import torch
 from torchrl_rise import keys
 from torchrl_rise._optional import import_optional
 from torchrl_rise.envs.common import (
-    EnvInfo,
     PixelPreprocess,
-    attach_info,
-    batch_envs,
+    batch_suite_env,
+    check_env_id,
     check_positive,
-    finish_env,
+    probe_num_actions,
     reject_unknown,
     resolve_options,
 )
@@ -152,9 +151,7 @@ def build(
         default_grayscale=False,
         backends=("serial", "parallel"),
     )
-    valid = list_env_ids()
-    if env_id not in valid:
-        raise ValueError(f"Unknown ViZDoom env id {env_id!r}. Valid ids: {', '.join(valid)}.")
+    check_env_id(env_id, list_env_ids(), suite_name="ViZDoom")
     frame_skip = kwargs.get("frame_skip", FRAME_SKIP)
     check_positive("frame_skip", frame_skip)
     check_positive("max_episode_frames", max_episode_frames, allow_none=True)
@@ -167,28 +164,17 @@ def build(
         grayscale=opts.grayscale,
         scenario_kwargs=dict(kwargs.get("scenario_kwargs") or {}),
     )
-    # Build one here first: bad options fail with a clear error in this process.
-    probe = make_one()
-    num_actions = int(probe.action_spec.space.n)
-    probe.close()
-    base = batch_envs(
-        make_one, num_envs=opts.num_envs, backend=opts.backend, device=device, seed=seed
-    )
     max_steps = None if max_episode_frames is None else max(1, max_episode_frames // frame_skip)
-    env = finish_env(
-        base, frame_stack=opts.frame_stack, clip_rewards=clip_rewards, max_episode_steps=max_steps
-    )
-    info = EnvInfo(
+    return batch_suite_env(
+        make_one,
         suite="vizdoom",
         env_id=env_id,
-        num_envs=opts.num_envs,
-        num_actions=num_actions,
-        frame_channels=1 if opts.grayscale else 3,
-        frame_stack=opts.frame_stack,
-        frame_size=opts.frame_size,
-        frame_skip=frame_skip,
-        backend=opts.backend,
+        opts=opts,
+        num_actions=probe_num_actions(make_one),
+        seed=seed,
+        device=device,
+        clip_rewards=clip_rewards,
         eval_mode=eval_mode,
         max_episode_steps=max_steps,
+        frame_skip=frame_skip,
     )
-    return attach_info(env, info)

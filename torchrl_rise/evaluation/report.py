@@ -275,6 +275,39 @@ def _relative_to(path: str, base: Path) -> str:
     return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(path)
 
 
+def _write_report(
+    results: ReportResults,
+    out_dir: str | Path,
+    *,
+    title: str,
+    missing: Sequence[str],
+    root: str | Path | None,
+) -> Report:
+    """Write the figures, ``runs.csv``, ``aggregates.json`` and ``report.md`` of ``results``.
+
+    ``runs.csv`` names run directories relative to ``root`` when it is set (see
+    :func:`build_report`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(results, out_dir)
+    runs_frame = results.runs
+    if root is not None:
+        base = Path(root).expanduser().resolve()
+        runs_frame = runs_frame.assign(
+            run_dir=[_relative_to(p, base) for p in runs_frame["run_dir"]]
+        )
+    runs_frame.to_csv(out_dir / "runs.csv", index=False)
+    (out_dir / "aggregates.json").write_text(json.dumps(results.to_json(), indent=2) + "\n")
+    markdown = out_dir / "report.md"
+    markdown.write_text(render_markdown(results, title=title, figures=figures, missing=missing))
+    paths = [p for per in figures.values() for p in per.values()]
+    logger.info("wrote %s with %d figures", markdown, len(paths))
+    return Report(
+        markdown, paths, runs_frame, results.aggregates, results.improvement, results=results
+    )
+
+
 def build_report(
     runs: Sequence[RunResult] | str | Path,
     out_dir: str | Path,
@@ -353,21 +386,4 @@ def build_report(
         seed=seed,
         curve_points=curve_points,
     )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(results, out_dir)
-    runs_frame = results.runs
-    if root is not None:
-        base = Path(root).expanduser().resolve()
-        runs_frame = runs_frame.assign(
-            run_dir=[_relative_to(p, base) for p in runs_frame["run_dir"]]
-        )
-    runs_frame.to_csv(out_dir / "runs.csv", index=False)
-    (out_dir / "aggregates.json").write_text(json.dumps(results.to_json(), indent=2) + "\n")
-    markdown = out_dir / "report.md"
-    markdown.write_text(render_markdown(results, title=title, figures=figures, missing=missing))
-    paths = [p for per in figures.values() for p in per.values()]
-    logger.info("wrote %s with %d figures", markdown, len(paths))
-    return Report(
-        markdown, paths, runs_frame, results.aggregates, results.improvement, results=results
-    )
+    return _write_report(results, out_dir, title=title, missing=missing, root=root)

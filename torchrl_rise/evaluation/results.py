@@ -423,6 +423,33 @@ def _suite_results(
     return out
 
 
+def _check_score_options(
+    score: str, *, suite_scores: Mapping[str, str] | None, fallback: str
+) -> None:
+    """Raise ``ValueError`` for a score kind or fallback :func:`compute_results` does not know."""
+    if score not in SCORE_KINDS:
+        raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
+    for suite_name, kind in (suite_scores or {}).items():
+        if kind not in SCORE_KINDS:
+            raise ValueError(
+                f"suite_scores[{suite_name!r}] must be one of {SCORE_KINDS}, got {kind!r}."
+            )
+    if fallback not in ("observed", "none"):
+        raise ValueError(f"fallback must be 'observed' or 'none', got {fallback!r}.")
+
+
+def _finished_runs(runs: Sequence[RunResult] | str | Path) -> Sequence[RunResult]:
+    """``runs``, collected first when it is a directory; ``ValueError`` when there is none."""
+    if isinstance(runs, (str, Path)):
+        runs = collect_runs(runs)
+    if not runs:
+        raise ValueError(
+            "no finished runs to report on (a run is finished when its summary.json has "
+            "status 'finished' and a final score)."
+        )
+    return runs
+
+
 def compute_results(
     runs: Sequence[RunResult] | str | Path,
     *,
@@ -463,22 +490,8 @@ def compute_results(
         >>> atari.improvement["rise > btr"].point
         1.0
     """
-    if score not in SCORE_KINDS:
-        raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
-    for suite_name, kind in (suite_scores or {}).items():
-        if kind not in SCORE_KINDS:
-            raise ValueError(
-                f"suite_scores[{suite_name!r}] must be one of {SCORE_KINDS}, got {kind!r}."
-            )
-    if fallback not in ("observed", "none"):
-        raise ValueError(f"fallback must be 'observed' or 'none', got {fallback!r}.")
-    if isinstance(runs, (str, Path)):
-        runs = collect_runs(runs)
-    if not runs:
-        raise ValueError(
-            "no finished runs to report on (a run is finished when its summary.json has "
-            "status 'finished' and a final score)."
-        )
+    _check_score_options(score, suite_scores=suite_scores, fallback=fallback)
+    runs = _finished_runs(runs)
     bootstrap = dict(reps=reps, confidence=confidence, seed=seed)
     suites = {
         suite: _suite_results(
