@@ -264,26 +264,15 @@ class RiseQNetwork(IQNNetworkBase):
             dueling=dueling,
             layer_norm=layer_norm,
         )
-        stream = None
-        if use_context:
-            stream = RiseContextStream(
-                cnn,
-                head,
-                feature_shape=feature_shape,
-                fusion=fusion,
-                context_module=context,
-                return_gate=True,
-                mute_context=mute_context,
-                gate_scale=gate_scale,
-            )
-        # the parts are registered on the network under the names its state dicts have always
-        # used (cnn, context, fusion, head); the stream that composes them stays unregistered,
-        # so it adds no second name for the same parameters
-        self.cnn = cnn
-        self.context = context
-        self.fusion = stream.fusion if stream is not None else None
-        self.head = head
-        self.__dict__["_stream"] = stream
+        self._register_parts(
+            cnn,
+            context,
+            head,
+            feature_shape=feature_shape,
+            fusion=fusion,
+            mute_context=mute_context,
+            gate_scale=gate_scale,
+        )
         self.num_actions = num_actions
         self.emit_gate = emit_gate and use_context and fusion == "gate"
         self._set_keys(
@@ -295,6 +284,41 @@ class RiseQNetwork(IQNNetworkBase):
             action_value_key=action_value_key,
             gate_key=gate_key,
         )
+
+    def _register_parts(
+        self,
+        cnn: ImpalaCNN,
+        context: ContextLSTM | None,
+        head: DuelingIQNHead,
+        *,
+        feature_shape: Sequence[int],
+        fusion: str,
+        mute_context: bool,
+        gate_scale: float,
+    ) -> None:
+        """Register the parts under the names the state dicts have always used.
+
+        ``cnn``, ``context``, ``fusion`` and ``head`` are registered here; the stream that
+        composes them (``rise`` only) stays unregistered, so it adds no second name for the same
+        parameters.
+        """
+        stream = None
+        if context is not None:
+            stream = RiseContextStream(
+                cnn,
+                head,
+                feature_shape=feature_shape,
+                fusion=fusion,
+                context_module=context,
+                return_gate=True,
+                mute_context=mute_context,
+                gate_scale=gate_scale,
+            )
+        self.cnn = cnn
+        self.context = context
+        self.fusion = stream.fusion if stream is not None else None
+        self.head = head
+        self.__dict__["_stream"] = stream
 
     def _set_keys(self, **keys_: NestedKey) -> None:
         for name, key in keys_.items():
