@@ -3,6 +3,7 @@ docs/benchmarks.md without touching the others (each script owns the section nam
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import platform
@@ -24,6 +25,24 @@ command that produced it and the machine it ran on. Times are medians over repea
 ratios measured in the same run. These machines are shared, so absolute figures move by 10-30% between
 runs; the ratios are steadier.
 """
+
+
+def add_int_options(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """Integer options ``--name`` (underscores written as dashes) with these defaults, in order."""
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+
+
+def parse_replay_args(parser: argparse.ArgumentParser, scratch: Path) -> argparse.Namespace:
+    """A replay benchmark's arguments, with ``--scratch`` (default ``scratch``) and ``--no-write``
+    added; ``--quick`` means 2^15 records and 5 repeats. Sets torch to 2 threads."""
+    parser.add_argument("--scratch", type=Path, default=scratch)
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.capacity, args.repeats = 2**15, 5
+    torch.set_num_threads(2)
+    return args
 
 
 def machine_description() -> str:
