@@ -64,6 +64,16 @@ def machine_description() -> str:
     )
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); else autocast emulates it,
+    slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def median_time(fn: Callable[[], object], *, repeats: int = 10, warmup: int = 2) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
