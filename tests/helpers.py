@@ -3,12 +3,14 @@ runs in a child process, and a hook on the run's learner updates."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -44,6 +46,21 @@ def mortar_mayhem_with_cue(num_envs: int, frame_size: int, reset_params: dict):
         crop_to_arena=True,
         expose_cue=True,
     )
+
+
+def load_by_path(name: str, path: Path, register: Callable | None = None) -> ModuleType:
+    """The module at ``path``, loaded as ``name`` without putting its folder on sys.path (there
+    recipes/procgen.py & co. would shadow the real packages for the rest of the session).
+
+    ``register(name, module)`` runs before the module does: dataclasses look their module up
+    in sys.modules, so a module defining some must be registered there.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if register is not None:
+        register(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def memory_suite_available() -> bool:
