@@ -3,6 +3,7 @@ docs/benchmarks.md without touching the others (each script owns the section nam
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import platform
@@ -26,6 +27,24 @@ runs; the ratios are steadier.
 """
 
 
+def add_int_options(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """Integer options ``--name`` (underscores written as dashes) with these defaults, in order."""
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+
+
+def parse_replay_args(parser: argparse.ArgumentParser, scratch: Path) -> argparse.Namespace:
+    """A replay benchmark's arguments, with ``--scratch`` (default ``scratch``) and ``--no-write``
+    added; ``--quick`` means 2^15 records and 5 repeats. Sets torch to 2 threads."""
+    parser.add_argument("--scratch", type=Path, default=scratch)
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.capacity, args.repeats = 2**15, 5
+    torch.set_num_threads(2)
+    return args
+
+
 def machine_description() -> str:
     """One line naming the CPU/GPU, core count and library versions."""
     cpu = platform.processor() or platform.machine()
@@ -43,6 +62,16 @@ def machine_description() -> str:
         f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, torchrl "
         f"{torchrl.__version__}, {torch.get_num_threads()} torch threads"
     )
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); else autocast emulates it,
+    slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def median_time(fn: Callable[[], object], *, repeats: int = 10, warmup: int = 2) -> float:

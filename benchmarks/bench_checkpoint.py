@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._data import collector_batch, stacks_and_embeddings
 from benchmarks._report import markdown_table, write_section
 from torchrl_rise.replay import RiseReplayBuffer, prune_chunk_store
 
@@ -36,29 +36,12 @@ from torchrl_rise.replay import RiseReplayBuffer, prune_chunk_store
 def write_steps(rb: RiseReplayBuffer, steps: int, *, chunk: int, p_end: float, seed: int) -> float:
     """Write ``steps`` env steps in total as [num_envs, chunk] collector batches; returns seconds."""
     g = torch.Generator().manual_seed(seed)
-    E, (c, h, w), S, D = rb.num_envs, rb.frame_shape, rb.frame_stack, rb.embedding_dim
-    frames = torch.randint(0, 256, (E, chunk, c, h, w), dtype=torch.uint8, generator=g)
-    # Only the newest frame of a stack is stored: an expanded view stands for the stack.
-    pixels = frames.unsqueeze(2).expand(E, chunk, S, c, h, w).reshape(E, chunk, S * c, h, w)
-    emb = torch.randn(E, chunk, D, generator=g).half()
+    pixels, emb = stacks_and_embeddings(
+        rb.num_envs, chunk, rb.frame_shape, rb.frame_stack, rb.embedding_dim, g
+    )
     start = time.perf_counter()
-    for _ in range(max(1, steps // (E * chunk))):
-        end = torch.rand(E, chunk, 1, generator=g) < p_end
-        rb.extend(
-            TensorDict(
-                {
-                    "pixels": pixels,
-                    "rise_embedding": emb,
-                    "action": torch.randint(0, 18, (E, chunk), generator=g),
-                    ("next", "reward"): torch.randn(E, chunk, 1, generator=g),
-                    ("next", "terminated"): end,
-                    ("next", "truncated"): torch.zeros_like(end),
-                    ("next", "pixels"): pixels,
-                    ("next", "rise_embedding"): emb,
-                },
-                batch_size=[E, chunk],
-            )
-        )
+    for _ in range(max(1, steps // (rb.num_envs * chunk))):
+        rb.extend(collector_batch(pixels, emb, g, p_end=p_end))
     return time.perf_counter() - start
 
 

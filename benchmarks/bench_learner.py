@@ -30,20 +30,11 @@ from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import markdown_table, median_time, write_section
+from benchmarks._report import markdown_table, median_time, native_bf16, write_section
 from torchrl_rise.modules import make_q_network
 from torchrl_rise.objectives import IQNLoss
 
 ACTIONS, STACK, D = 18, 4, 512
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def synthetic_batch(b: int, k: int | None, *, seed: int = 0) -> TensorDict:

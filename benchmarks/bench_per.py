@@ -25,16 +25,14 @@ from torchrl.data import LazyTensorStorage, PrioritizedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import markdown_table, write_section
+from benchmarks._report import add_int_options, markdown_table, write_section
 from torchrl_rise.replay import ReadinessSampler
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2^15 slots, fewer repeats")
-    parser.add_argument("--capacity", type=int, default=2**20)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=300)
+    add_int_options(parser, capacity=2**20, batch=256, repeats=300)
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args()
     if args.quick:

@@ -37,7 +37,8 @@ from torchrl.data import ReplayBuffer, Sequence, TensorStorage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import markdown_table, write_section  # noqa: E402
+from benchmarks._data import collector_batch, stacks_and_embeddings  # noqa: E402
+from benchmarks._report import add_int_options, markdown_table, parse_replay_args, write_section  # noqa: E402
 from torchrl_rise.replay import Prefetcher, RiseReplayBuffer, _torchrl_adapter  # noqa: E402
 
 # The commit whose gather is the "old path" (two separate window gathers, fresh output).
@@ -47,41 +48,25 @@ OLD_GATHER_COMMIT = "dae74f8"
 def fill(rb: RiseReplayBuffer, *, chunk: int, p_end: float, seed: int = 0) -> float:
     """Write ``rb.capacity`` records in [num_envs, chunk] collector batches; returns seconds."""
     g = torch.Generator().manual_seed(seed)
-    E, (c, h, w), S, D = rb.num_envs, rb.frame_shape, rb.frame_stack, rb.embedding_dim
-    frames = torch.randint(0, 256, (E, chunk, c, h, w), dtype=torch.uint8, generator=g)
-    # Only the newest frame of a stack is stored: an expanded view stands for the stack.
-    pixels = frames.unsqueeze(2).expand(E, chunk, S, c, h, w).reshape(E, chunk, S * c, h, w)
-    emb = torch.randn(E, chunk, D, generator=g).half()
+    pixels, emb = stacks_and_embeddings(
+        rb.num_envs, chunk, rb.frame_shape, rb.frame_stack, rb.embedding_dim, g
+    )
     start = time.perf_counter()
     while int(rb._lane_next.min()) < rb.lane_capacity:
-        end = torch.rand(E, chunk, 1, generator=g) < p_end
-        td = TensorDict(
-            {
-                "pixels": pixels,
-                "rise_embedding": emb,
-                "action": torch.randint(0, 18, (E, chunk), generator=g),
-                ("next", "reward"): torch.randn(E, chunk, 1, generator=g),
-                ("next", "terminated"): end,
-                ("next", "truncated"): torch.zeros_like(end),
-                ("next", "pixels"): pixels,
-                ("next", "rise_embedding"): emb,
-            },
-            batch_size=[E, chunk],
-        )
-        rb.extend(td)
+        rb.extend(collector_batch(pixels, emb, g, p_end=p_end))
     return time.perf_counter() - start
+
+
+def buffer_source(commit: str) -> str:
+    """The source of torchrl_rise/replay/buffer.py as of ``commit`` (``git show``)."""
+    show = ["git", "show", f"{commit}:torchrl_rise/replay/buffer.py"]
+    return subprocess.run(show, capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
 
 def old_gather() -> Callable | None:
     """``RiseReplayBuffer._gather`` as of OLD_GATHER_COMMIT (None where git cannot show it)."""
     try:
-        src = subprocess.run(
-            ["git", "show", f"{OLD_GATHER_COMMIT}:torchrl_rise/replay/buffer.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout
+        src = buffer_source(OLD_GATHER_COMMIT)
     except (OSError, subprocess.CalledProcessError):
         return None
     module = types.ModuleType("_old_replay_buffer")
@@ -139,19 +124,11 @@ def make(args, capacity: int, scratch: Path, **kwargs) -> RiseReplayBuffer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2^15 records, a few repeats")
-    parser.add_argument("--capacity", type=int, default=2**20)
-    parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--context", type=int, default=80)
-    parser.add_argument("--n-step", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=30)
+    add_int_options(
+        parser, capacity=2**20, num_envs=64, context=80, n_step=3, batch=256, repeats=30
+    )
     parser.add_argument("--update-ms", type=float, default=20.0, help="fake update's length")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/rise_bench_replay"))
-    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
-    args = parser.parse_args()
-    if args.quick:
-        args.capacity, args.repeats = 2**15, 5
-    torch.set_num_threads(2)
+    args = parse_replay_args(parser, Path("/tmp/rise_bench_replay"))
 
     footprint = {
         k: RiseReplayBuffer(
@@ -291,75 +268,45 @@ def main() -> None:
 
     ms = lambda t: f"{t * 1e3:.2f}"  # noqa: E731
     ref = med["new_reused"]
+
+    def path_row(label: str, key: str, mbytes: str) -> list[str]:
+        """A gather path's row: median, ratio to the reference, pure/mixed medians, faults."""
+        ratio = f"{med[key] / ref:.2f}x"
+        return [
+            label,
+            ms(med[key]),
+            ratio,
+            ms(med_pure[key]),
+            ms(med_mixed[key]),
+            f"{faults[key]:.0f}",
+            mbytes,
+        ]
+
+    def copy_row(label: str, t: float, digits: int = 2) -> list[str]:
+        """A row of one time and its ratio to the reference only."""
+        return [label, ms(t), f"{t / ref:.{digits}f}x", "", "", "", ""]
+
     rows = []
     if old is not None:
         rows.append(
-            [
-                "old: two window gathers, fresh output",
-                ms(med["old"]),
-                f"{med['old'] / ref:.2f}x",
-                ms(med_pure["old"]),
-                ms(med_mixed["old"]),
-                f"{faults['old']:.0f}",
-                f"{old_bytes / 1e6:.0f}",
-            ]
+            path_row("old: two window gathers, fresh output", "old", f"{old_bytes / 1e6:.0f}")
         )
+    both = f"{new_bytes / 1e6:.0f} / {mixed_bytes / 1e6:.0f}"
     rows += [
-        [
-            "new: one block gather, views, fresh output",
-            ms(med["new"]),
-            f"{med['new'] / ref:.2f}x",
-            ms(med_pure["new"]),
-            ms(med_mixed["new"]),
-            f"{faults['new']:.0f}",
-            f"{new_bytes / 1e6:.0f} / {mixed_bytes / 1e6:.0f}",
-        ],
-        [
-            "new: one block gather, views, reused buffers",
-            ms(ref),
-            "1.00x",
-            ms(med_pure["new_reused"]),
-            ms(med_mixed["new_reused"]),
-            f"{faults['new_reused']:.0f}",
-            f"{new_bytes / 1e6:.0f} / {mixed_bytes / 1e6:.0f}",
-        ],
+        path_row("new: one block gather, views, fresh output", "new", both),
+        path_row("new: one block gather, views, reused buffers", "new_reused", both),
         ["  PER draw (TorchRL sum tree), added to each", ms(med["draw"]), "", "", "", "", ""],
-        [
-            f"memcpy of {new_bytes / 1e6:.0f} MB (new path, no row with m < n)",
-            ms(med["memcpy_new"]),
-            f"{med['memcpy_new'] / ref:.2f}x",
-            "",
-            "",
-            "",
-            "",
-        ],
-        [
+        copy_row(
+            f"memcpy of {new_bytes / 1e6:.0f} MB (new path, no row with m < n)", med["memcpy_new"]
+        ),
+        copy_row(
             f"memcpy of {mixed_bytes / 1e6:.0f} MB (new path, some row with m < n)",
-            ms(med["memcpy_mixed"]),
-            f"{med['memcpy_mixed'] / ref:.2f}x",
-            "",
-            "",
-            "",
-            "",
-        ],
-        [
-            f"memcpy of {old_bytes / 1e6:.0f} MB (old path)",
-            ms(med["memcpy_old"]),
-            f"{med['memcpy_old'] / ref:.2f}x",
-            "",
-            "",
-            "",
-            "",
-        ],
-        [
-            "`torchrl.data.Sequence(length=1, burn_in=K-1, bootstrap=n)`, every key",
-            ms(t_seq),
-            f"{t_seq / ref:.1f}x",
-            "",
-            "",
-            "",
-            "",
-        ],
+            med["memcpy_mixed"],
+        ),
+        copy_row(f"memcpy of {old_bytes / 1e6:.0f} MB (old path)", med["memcpy_old"]),
+        copy_row(
+            "`torchrl.data.Sequence(length=1, burn_in=K-1, bootstrap=n)`, every key", t_seq, 1
+        ),
     ]
     sample_new = med["new_reused"] + med["draw"]
     rows_dev = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,19 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_replay import fill  # noqa: E402
+from benchmarks._report import add_int_options  # noqa: E402
+from benchmarks.bench_replay import buffer_source, fill  # noqa: E402
 from torchrl_rise.replay import RiseReplayBuffer  # noqa: E402
 
 
 def old_buffer_class(base: str) -> type:
     """``RiseReplayBuffer`` as of commit ``base``, in a module of its own."""
-    src = subprocess.run(
-        ["git", "show", f"{base}:torchrl_rise/replay/buffer.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
+    src = buffer_source(base)
     module = types.ModuleType("_base_replay_buffer")
     sys.modules[module.__name__] = module
     exec(compile(src, "base_replay_buffer.py", "exec"), module.__dict__)
@@ -54,11 +48,7 @@ def same(a, b) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="208810e", help="commit of the monolithic buffer")
-    parser.add_argument("--capacity", type=int, default=2**15)
-    parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--context", type=int, default=80)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=200)
+    add_int_options(parser, capacity=2**15, num_envs=64, context=80, batch=256, repeats=200)
     parser.add_argument("--reuse-output", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)

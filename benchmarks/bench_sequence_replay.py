@@ -25,7 +25,8 @@ from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import markdown_table, write_section
+from benchmarks._data import collector_batch, stacks_and_embeddings
+from benchmarks._report import add_int_options, markdown_table, parse_replay_args, write_section
 from torchrl_rise.replay import RiseReplayBuffer, SequenceReplayBuffer
 
 HIDDEN = 512
@@ -34,28 +35,12 @@ HIDDEN = 512
 def fill(buffers, *, num_envs: int, lane: int, chunk: int, p_end: float, seed: int = 0) -> None:
     """Write the same [num_envs, chunk] collector batches into every buffer until full."""
     g = torch.Generator().manual_seed(seed)
-    E, S = num_envs, 4
-    frames = torch.randint(0, 256, (E, chunk, 1, 84, 84), dtype=torch.uint8, generator=g)
-    pixels = frames.unsqueeze(2).expand(E, chunk, S, 1, 84, 84).reshape(E, chunk, S, 84, 84)
-    emb = torch.randn(E, chunk, 512, generator=g).half()
-    state = torch.randn(E, chunk, HIDDEN, generator=g)
+    pixels, emb = stacks_and_embeddings(num_envs, chunk, (1, 84, 84), 4, 512, g)
+    state = torch.randn(num_envs, chunk, HIDDEN, generator=g)
     written = 0
     while written < lane:
-        end = torch.rand(E, chunk, 1, generator=g) < p_end
-        td = TensorDict(
-            {
-                "pixels": pixels,
-                "rise_embedding": emb,
-                "recurrent_state_h": state,
-                "recurrent_state_c": state,
-                "action": torch.randint(0, 18, (E, chunk), generator=g),
-                ("next", "reward"): torch.randn(E, chunk, 1, generator=g),
-                ("next", "terminated"): end,
-                ("next", "truncated"): torch.zeros_like(end),
-                ("next", "pixels"): pixels,
-                ("next", "rise_embedding"): emb,
-            },
-            batch_size=[E, chunk],
+        td = collector_batch(
+            pixels, emb, g, p_end=p_end, recurrent_state_h=state, recurrent_state_c=state
         )
         for rb in buffers:
             rb.extend(td)
@@ -69,15 +54,8 @@ def nbytes(td: TensorDict) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2^15 records, a few repeats")
-    parser.add_argument("--capacity", type=int, default=2**18)
-    parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/rise_bench_sequence_replay"))
-    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
-    args = parser.parse_args()
-    if args.quick:
-        args.capacity, args.repeats = 2**15, 5
-    torch.set_num_threads(2)
+    add_int_options(parser, capacity=2**18, num_envs=64, repeats=15)
+    args = parse_replay_args(parser, Path("/tmp/rise_bench_sequence_replay"))
     shutil.rmtree(args.scratch, ignore_errors=True)
     E = args.num_envs
     seq = SequenceReplayBuffer(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import markdown_table, write_section
+from benchmarks._report import markdown_table, native_bf16, write_section
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
 
@@ -119,15 +119,6 @@ def measure(
         "collect_h_per_m": c * steps_per_m / 3600,
         "n": len(with_learning),
     }
-
-
-def native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (else autocast emulates it, slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def main() -> None:

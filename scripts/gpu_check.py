@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,17 +146,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median(fn, *, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def replay_kwargs() -> dict:
     from torchrl_rise.replay import RiseReplayBuffer
 
@@ -167,6 +155,7 @@ def replay_kwargs() -> dict:
 
 def bench_learner(ctx: Context, kind: str) -> dict:
     """Seconds per update (sampling excluded) with the library defaults on this device."""
+    from benchmarks._report import median_time
     from benchmarks.bench_learner import BenchLearner, sequence_batch, synthetic_batch
 
     s, device = ctx.sizes, str(ctx.device)
@@ -180,26 +169,27 @@ def bench_learner(ctx: Context, kind: str) -> dict:
         learner = BenchLearner(kind, k=k, device=device, net_kwargs=s["net"])
         data, repeats = synthetic_batch(s["batch"], k), s["repeats"]
         name = f"rise K={k}" if k else kind
-    t = _median(lambda: learner.update(data), repeats=repeats, warmup=2)
+    t = median_time(lambda: learner.update(data), repeats=repeats, warmup=2)
     log(f"learner {name}: {t * 1e3:.1f} ms/update (bf16={learner.learner.bf16})")
     return {"config": name, "s_per_update": t, "bf16": learner.learner.bf16}
 
 
 def bench_sample(ctx: Context) -> dict:
     """Milliseconds per ``sample(batch)`` of the K-window replay, and with the copy to the device."""
+    from benchmarks._report import median_time
     from benchmarks.bench_learner import fill_rise_buffer
 
     s, device = ctx.sizes, ctx.device
     rb = fill_rise_buffer(s["k"], capacity=s["capacity"], **replay_kwargs())
     b = s["batch"]
     try:
-        host = _median(lambda: rb.sample(b), repeats=s["repeats"] * 2, warmup=2)
+        host = median_time(lambda: rb.sample(b), repeats=s["repeats"] * 2, warmup=2)
 
         def moved():
             rb.sample(b).to(device, non_blocking=True)
             _sync(device)
 
-        with_copy = _median(moved, repeats=s["repeats"] * 2, warmup=2)
+        with_copy = median_time(moved, repeats=s["repeats"] * 2, warmup=2)
     finally:
         rb.cleanup()
     log(f"sample: {host * 1e3:.1f} ms, + copy to {device}: {with_copy * 1e3:.1f} ms")

@@ -37,6 +37,18 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster for one test module (2 CPUs, no dashboard); skips without ray."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``slow`` tests unless asked for with ``-m slow`` (or ``-m "slow or not slow"``), and
     ``gpu`` tests where torch sees no CUDA device.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ pytest.importorskip(
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.helpers import load_by_path, recipe_cmd
 from torchrl_rise.evaluation import build_report, is_run_complete
 from torchrl_rise.evaluation.runs import EXPORTED_FILES, export_run
 
@@ -25,15 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_benchmark_module():
-    # Loaded by path: putting recipes/ on sys.path would let recipes/procgen.py & co. shadow the
-    # real packages for every later import in the test session.
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_recipe", REPO / "recipes" / "benchmark.py"
+    return load_by_path(
+        "benchmark_recipe", REPO / "recipes" / "benchmark.py", sys.modules.__setitem__
     )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 benchmark = _load_benchmark_module()
@@ -291,9 +285,8 @@ def test_hydra_submitit_local_launcher(tmp_path, fake_recipe):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     script, calls = fake_recipe
     out = tmp_path / "grid"
-    cmd = [
-        sys.executable,
-        str(REPO / "recipes" / "benchmark.py"),
+    cmd = recipe_cmd(
+        "benchmark",
         f"output_dir={out}",
         f"command=['{{python}}','{script}']",
         RUN_OVERRIDES,
@@ -303,7 +296,7 @@ def test_hydra_submitit_local_launcher(tmp_path, fake_recipe):
         "launcher.name=hydra",
         "launcher.hydra_launcher=submitit_local",
         "launcher.hydra_overrides=['hydra.launcher.timeout_min=5']",
-    ]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(_calls(calls)) == 4
@@ -318,15 +311,14 @@ def test_hydra_submitit_local_launcher(tmp_path, fake_recipe):
 def test_real_memory_recipe_grid(tmp_path):
     """A 2-run grid (RISE, BTR) of the real memory recipe on its tiny preset, then the report."""
     out = tmp_path / "grid"
-    cmd = [
-        sys.executable,
-        str(REPO / "recipes" / "benchmark.py"),
+    cmd = recipe_cmd(
+        "benchmark",
         f"output_dir={out}",
         "suites={memory: [cue-L4]}",
         "seeds=[0]",
         "overrides=['preset=tiny']",
         "report.reps=200",
-    ]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=580, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for method in ("rise", "btr"):

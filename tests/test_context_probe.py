@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import TINY_NET, mortar_mayhem_with_cue
 from torchrl_rise.evaluation.context_probe import (
     _steps_since_reset,
     collect_context_samples,
@@ -40,7 +41,6 @@ def test_steps_since_reset():
 def test_collect_and_probe_a_rise_network_on_mortar_mayhem():
     pytest.importorskip("memory_gym")
     from torchrl_rise.encoders import make_encoder
-    from torchrl_rise.envs import make_env
     from torchrl_rise.modules import make_q_network
     from torchrl_rise.transforms import RiseContextTransform
 
@@ -52,16 +52,7 @@ def test_collect_and_probe_a_rise_network_on_mortar_mayhem():
         "allowed_commands": 4,
         "reward_command_success": 1.0,
     }
-    env = make_env(
-        "memorygym",
-        "MortarMayhem-Grid-v0",
-        num_envs=4,
-        frame_size=14,
-        grayscale=True,
-        reset_params=params,
-        crop_to_arena=True,
-        expose_cue=True,
-    )
+    env = mortar_mayhem_with_cue(4, 14, params)
     encoder = make_encoder("downsample", size=7, frame_channels=1)
     env.append_transform(RiseContextTransform(encoder, context_length=8))
     torch.manual_seed(0)
@@ -83,15 +74,7 @@ def test_collect_and_probe_a_rise_network_on_mortar_mayhem():
     assert samples["episode"].unique().numel() >= 8
     result = probe_context_stream(net, env, steps=30)
     assert 0.0 <= result["hidden"]["accuracy"] <= 1.0 and result["gate"]["n_test"] > 0
-    btr = make_q_network(
-        "btr",
-        num_actions=4,
-        in_channels=4,
-        frame_size=(14, 14),
-        width_scale=0.25,
-        mlp_hidden=16,
-        num_cosines=8,
-    )
+    btr = make_q_network("btr", num_actions=4, frame_size=(14, 14), num_cosines=8, **TINY_NET)
     with pytest.raises(TypeError, match="no context stream"):
         collect_context_samples(btr, env, steps=2)
     env.close()

@@ -11,6 +11,7 @@ from tensordict import TensorDict
 from torchrl.envs import GymEnv
 from torchrl.envs.utils import check_env_specs
 
+from tests.helpers import SIMULATORS, mortar_mayhem_with_cue
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.envs import (
     EPISODE_LENGTH,
@@ -48,6 +49,58 @@ def _check_boundaries(steps, channels):
         assert steps[EPISODE_SCORE][b, t + 1].item() == 0
         # the done step's next frame is the old episode's, not the new one's
         assert steps["next", EPISODE_LENGTH][b, t].item() == steps[EPISODE_LENGTH][b, t].item() + 1
+
+
+def _check_specs(env, **expected):
+    """torchrl's spec check passes and ``describe_env`` reports ``expected``; closes ``env``."""
+    try:
+        check_env_specs(env)
+        info = describe_env(env)
+        assert {name: getattr(info, name) for name in expected} == expected
+    finally:
+        env.close()
+
+
+@pytest.fixture(autouse=True)
+def _needs_simulator(request):
+    """A suite's tests (by their marker) skip where its simulator is not installed."""
+    for mark, module in SIMULATORS.items():
+        if request.node.get_closest_marker(mark) is not None:
+            pytest.importorskip(module)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+@pytest.mark.parametrize(
+    ("suite", "env_id", "expected"),
+    [
+        pytest.param(
+            "vizdoom",
+            "VizdoomBasic-v1",
+            dict(pixels_shape=(12, 84, 84), num_actions=4, frame_skip=4),
+            marks=pytest.mark.vizdoom,
+        ),
+        pytest.param(
+            "procgen",
+            "coinrun",
+            dict(pixels_shape=(12, 64, 64), num_actions=15),
+            marks=pytest.mark.procgen,
+        ),
+        pytest.param(
+            "miniworld",
+            "MiniWorld-Hallway-v0",
+            dict(pixels_shape=(12, 60, 80), num_actions=3),
+            marks=pytest.mark.miniworld,
+        ),
+        pytest.param(
+            "memorygym",
+            "MortarMayhem-Grid-v0",
+            dict(pixels_shape=(12, 84, 84), num_actions=4, frame_skip=1),
+            marks=pytest.mark.memorygym,
+        ),
+    ],
+)
+def test_suite_specs(suite, env_id, expected, num_envs):
+    _check_specs(make_env(suite, env_id, num_envs=num_envs), **expected)
 
 
 # ------------------------------------------------------------------------------------- common
@@ -134,13 +187,16 @@ class TestAtari:
     @pytest.mark.parametrize(("backend", "num_envs"), [("vector", 1), ("vector", 2), ("serial", 2)])
     def test_specs(self, backend, num_envs):
         env = make_env("atari", "ALE/Pong-v5", num_envs=num_envs, backend=backend)
-        check_env_specs(env)
-        info = describe_env(env)
         assert env.batch_size == (num_envs,)
-        assert info.pixels_shape == (4, 84, 84) and info.num_actions == 6
-        assert (info.frame_skip, info.max_episode_steps, info.backend) == (4, 27_000, backend)
         assert env.action_spec.dtype == torch.int64
-        env.close()
+        _check_specs(
+            env,
+            pixels_shape=(4, 84, 84),
+            num_actions=6,
+            frame_skip=4,
+            max_episode_steps=27_000,
+            backend=backend,
+        )
 
     def test_ids(self):
         from torchrl_rise.envs.atari import rom_name
@@ -203,19 +259,6 @@ class TestAtari:
 # ------------------------------------------------------------------------------------ vizdoom
 @pytest.mark.vizdoom
 class TestVizdoom:
-    @pytest.fixture(autouse=True)
-    def _needs_vizdoom(self):
-        pytest.importorskip("vizdoom")
-
-    @pytest.mark.parametrize("num_envs", [1, 2])
-    def test_specs(self, num_envs):
-        env = make_env("vizdoom", "VizdoomBasic-v1", num_envs=num_envs)
-        check_env_specs(env)
-        info = describe_env(env)
-        assert info.pixels_shape == (12, 84, 84) and info.num_actions == 4
-        assert info.frame_skip == 4
-        env.close()
-
     def test_time_limit_and_boundaries(self):
         env = make_env("vizdoom", "VizdoomBasic-v1", num_envs=2, max_episode_frames=40, seed=0)
         steps = _roll(env, 24)
@@ -263,18 +306,6 @@ class TestVizdoom:
 # ------------------------------------------------------------------------------------ procgen
 @pytest.mark.procgen
 class TestProcgen:
-    @pytest.fixture(autouse=True)
-    def _needs_procgen(self):
-        pytest.importorskip("procgen")
-
-    @pytest.mark.parametrize("num_envs", [1, 2])
-    def test_specs(self, num_envs):
-        env = make_env("procgen", "coinrun", num_envs=num_envs)
-        check_env_specs(env)
-        info = describe_env(env)
-        assert info.pixels_shape == (12, 64, 64) and info.num_actions == 15
-        env.close()
-
     def test_levels_train_and_eval_are_disjoint(self):
         train = make_env("procgen", "coinrun", num_envs=8, seed=0)
         evaluation = make_env("procgen", "coinrun", num_envs=8, seed=0, eval_mode=True)
@@ -314,18 +345,6 @@ class TestProcgen:
 # ---------------------------------------------------------------------------------- miniworld
 @pytest.mark.miniworld
 class TestMiniworld:
-    @pytest.fixture(autouse=True)
-    def _needs_miniworld(self):
-        pytest.importorskip("miniworld")
-
-    @pytest.mark.parametrize("num_envs", [1, 2])
-    def test_specs(self, num_envs):
-        env = make_env("miniworld", "MiniWorld-Hallway-v0", num_envs=num_envs)
-        check_env_specs(env)
-        info = describe_env(env)
-        assert info.pixels_shape == (12, 60, 80) and info.num_actions == 3
-        env.close()
-
     def test_time_limit_and_boundaries(self):
         env = make_env("miniworld", "MiniWorld-Hallway-v0", num_envs=2, max_episode_frames=8)
         steps = _roll(env, 20)
@@ -357,19 +376,6 @@ ONE_COMMAND = {
 
 @pytest.mark.memorygym
 class TestMemoryGym:
-    @pytest.fixture(autouse=True)
-    def _needs_memory_gym(self):
-        pytest.importorskip("memory_gym")
-
-    @pytest.mark.parametrize("num_envs", [1, 2])
-    def test_specs(self, num_envs):
-        env = make_env("memorygym", "MortarMayhem-Grid-v0", num_envs=num_envs)
-        check_env_specs(env)
-        info = describe_env(env)
-        assert info.pixels_shape == (12, 84, 84) and info.num_actions == 4
-        assert info.frame_skip == 1
-        env.close()
-
     def test_ids(self):
         ids = list_env_ids("memorygym")
         assert {"MortarMayhem-Grid-v0", "MysteryPath-Grid-v0"} <= set(ids)
@@ -479,16 +485,7 @@ class TestMemoryGym:
             start = game.normalized_agent_position
             assert game._target_pos == (start[0] + dx, start[1] + dy)  # Memory Gym's own target
             assert int(screen.step(0)[4]["cue"]) == int(info["cue"])  # constant in the episode
-        env = make_env(
-            "memorygym",
-            "MortarMayhem-Grid-v0",
-            num_envs=2,
-            frame_size=21,
-            grayscale=True,
-            reset_params=ONE_COMMAND,
-            crop_to_arena=True,
-            expose_cue=True,
-        )
+        env = mortar_mayhem_with_cue(2, 21, ONE_COMMAND)
         check_env_specs(env)
         cues = env.rollout(20, break_when_any_done=False)["cue"]
         assert cues.dtype == torch.int64 and ((cues >= 0) & (cues < 4)).all()

@@ -12,12 +12,10 @@ frame once.
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +23,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+# test_golden imports _memory_suite_available from here
+from tests.helpers import CONFIG_DIR, child_env, needs_memory, recipe_cmd
+from tests.helpers import memory_suite_available as _memory_suite_available  # noqa: F401
 from torchrl_rise.training import load_checkpoint, load_config
 from torchrl_rise.training.builders import build_components
 from torchrl_rise.training.checkpoint import SAVE_DELAY_ENV, list_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "recipes" / "config"
 OVERRIDES = [
     "preset=tiny",
     "env.env_id=cue-L6",
@@ -44,43 +43,20 @@ OVERRIDES = [
 ]
 
 
-def _memory_suite_available() -> bool:
-    try:
-        from torchrl_rise.envs import make_env
-
-        make_env("memory", "cue-L2", num_envs=1).close()
-    except Exception:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
-)
+pytestmark = needs_memory
 
 
 def _cmd(run_dir: Path, total_frames: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "recipes" / "memory.py"),
-        *OVERRIDES,
-        f"total_frames={total_frames}",
-        f"logging.run_dir={run_dir}",
-        *extra,
-    ]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    return recipe_cmd(
+        "memory", *OVERRIDES, f"total_frames={total_frames}", f"logging.run_dir={run_dir}", *extra
+    )
 
 
 def _start(run_dir: Path, total_frames: int, *extra: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         _cmd(run_dir, total_frames, *extra),
         cwd=run_dir.parent,
-        env=_env(**env),
+        env=child_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -206,7 +182,7 @@ def _kill_resume_compare(tmp_path: Path, *, seed: int, random_kills: int, total_
         done = subprocess.run(
             _cmd(target, total_frames, "resume=true"),
             cwd=tmp_path,
-            env=_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=300,
@@ -284,7 +260,7 @@ def test_second_signal_inside_a_checkpoint_write_does_not_break_it(tmp_path):
 def test_third_signal_exits_at_once_and_the_next_start_reclaims(tmp_path):
     run = tmp_path / "run"
     first = subprocess.run(
-        _cmd(run, 256), cwd=tmp_path, env=_env(), capture_output=True, timeout=120
+        _cmd(run, 256), cwd=tmp_path, env=child_env(), capture_output=True, timeout=120
     )
     assert first.returncode == 0, first.stdout[-3000:]
     before = list_checkpoints(run)
@@ -299,7 +275,11 @@ def test_third_signal_exits_at_once_and_the_next_start_reclaims(tmp_path):
     assert proc.returncode == 128 + signal.SIGINT  # exited at once, inside the write
     assert list_checkpoints(run) == before and _temp_folders(run)  # nothing promoted
     done = subprocess.run(
-        _cmd(run, 512, "resume=true"), cwd=tmp_path, env=_env(), capture_output=True, timeout=120
+        _cmd(run, 512, "resume=true"),
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert not _temp_folders(run) and "reclaimed what a dead run" in (run / "train.log").read_text()

@@ -7,7 +7,6 @@ run in this suite as their CPU stand-ins (tests/test_gpu.py's ``device`` fixture
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import textwrap
@@ -17,16 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import load_by_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def gpu_check(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
+    def register(name, module):  # its dataclasses look it up in sys.modules
+        monkeypatch.setitem(sys.modules, name, module)
+
+    return load_by_path("gpu_check", ROOT / "scripts" / "gpu_check.py", register)
 
 
 def test_gpu_check_dry_run(gpu_check, tmp_path):

@@ -7,10 +7,7 @@ one update per batch once ``replay.learning_starts`` transitions are stored).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -22,14 +19,20 @@ from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from torch import nn
 
+from tests.helpers import (
+    CONFIG_DIR,
+    TINY_NET,
+    child_env,
+    needs_memory,
+    recipe_cmd,
+    signal_once_logging,
+)
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config
 from torchrl_rise.training.builders import build_assembly, build_components
 from torchrl_rise.training.checkpoint import list_checkpoints
 from torchrl_rise.training.collectors import acting_copy
 from torchrl_rise.training.overlap import OverlappedCollector
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "recipes" / "config"
 NUM_ENVS = 4
 LEARNING_STARTS = 64
 BASE = [
@@ -45,21 +48,6 @@ BASE = [
     "logging.interval_frames=128",
 ]
 THREAD_NAME = "torchrl_rise-collector"
-
-
-def _memory_suite_available() -> bool:
-    try:
-        from torchrl_rise.envs import make_env
-
-        make_env("memory", "cue-L2", num_envs=1).close()
-    except Exception:
-        return False
-    return True
-
-
-needs_memory = pytest.mark.skipif(
-    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
-)
 
 
 def _cfg(run: Path, *overrides: str, overlap: bool = True):
@@ -371,9 +359,8 @@ def test_a_learner_error_stops_the_collector_thread(tmp_path, monkeypatch):
 @needs_memory
 def test_sigterm_stops_an_overlapped_run_at_a_step_boundary(tmp_path):
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "memory.py"),
+    cmd = recipe_cmd(
+        "memory",
         *BASE,
         "method=btr",
         "collector.overlap=true",
@@ -382,28 +369,11 @@ def test_sigterm_stops_an_overlapped_run_at_a_step_boundary(tmp_path):
         "checkpoint.interval_frames=10_000_000",
         "logging.interval_frames=64",
         f"logging.run_dir={run}",
-    ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            train_csv = run / "train.csv"
-            if train_csv.exists() and len(train_csv.read_text().splitlines()) >= 3:
-                break
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.1)
-        else:
-            pytest.fail("the run logged nothing within 120 s")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out.decode()
+    returncode, out = signal_once_logging(
+        cmd, run, signal.SIGTERM, cwd=tmp_path, env=child_env(), wait_s=120, poll_s=0.1
+    )
+    assert returncode == 0, out.decode()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["reason"]
     counters = load_checkpoint(run)["state"]["counters"]
@@ -421,15 +391,7 @@ def _learner_parts(prioritized: bool, seed: int = 0):
     from torchrl_rise.training.learner import build_learner_optimizer
 
     torch.manual_seed(seed)
-    net = make_q_network(
-        "btr",
-        num_actions=3,
-        in_channels=4,
-        frame_size=(16, 16),
-        width_scale=0.25,
-        mlp_hidden=16,
-        spectral_norm=False,
-    )
+    net = make_q_network("btr", num_actions=3, frame_size=(16, 16), spectral_norm=False, **TINY_NET)
     loss = IQNLoss(net)
     rb = RiseReplayBuffer(
         64,

@@ -18,12 +18,11 @@ from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from torch import nn
 
+from tests.helpers import CONFIG_DIR
 from torchrl_rise.training import ConfigError, Trainer, load_config
 from torchrl_rise.training.builders import EnvFactory, build_collector, build_components
 from torchrl_rise.training.collectors import LaneOrderedCollector, WeightMirror, acting_copy
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "recipes" / "config"
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install ray)")
 
@@ -199,18 +198,6 @@ def test_ray_backend_without_ray_names_the_install(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------ a local Ray cluster
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _reference_lanes(cfg, *, seed: int, batches: int) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from tests.helpers import load_by_path
 from torchrl_rise.training import load_config
 from torchrl_rise.training.cli import DEBUG_ENV, YAMLSyntaxError, check_yaml_files
 from torchrl_rise.training.config import free_form_keys
@@ -96,10 +96,7 @@ def test_check_yaml_files_names_file_line_and_column(tmp_path: Path) -> None:
 
 
 def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"_cli_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path(f"_cli_{name}", ROOT / "recipes" / f"{name}.py")
 
 
 def test_a_malformed_preset_stops_the_recipe_with_file_line_col(

@@ -16,12 +16,20 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.helpers import (
+    CONFIG_DIR,
+    ROOT,
+    SIMULATORS,
+    hook_updates,
+    load_by_path,
+    needs_memory,
+    recipe_cmd,
+    signal_once_logging,
+)
 from torchrl_rise._optional import MissingDependencyError
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, load_config, train
 from torchrl_rise.training.builders import build_assembly, build_components, make_env_factory
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "recipes" / "config"
 RECIPES = ("atari", "vizdoom", "procgen", "miniworld", "memorygym", "memory")
 
 # Per-suite additions to preset=tiny that keep a run to seconds.
@@ -36,21 +44,6 @@ FAST = {
     "miniworld": ["env.max_episode_frames=30", "env.kwargs.backend=serial", *_SMALL],
     "memorygym": ["env.frame_size=42", *_SMALL],
 }
-
-
-def _memory_suite_available() -> bool:
-    try:
-        from torchrl_rise.envs import make_env
-
-        make_env("memory", "cue-L2", num_envs=1).close()
-    except Exception:
-        return False
-    return True
-
-
-needs_memory = pytest.mark.skipif(
-    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
-)
 
 
 def make_cfg(recipe: str, tmp_path: Path, *overrides: str):
@@ -109,12 +102,7 @@ def test_atari_defaults_are_btr_and_quickstart_is_short():
 
 
 def _recipe_module(recipe: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_recipe_{recipe}", ROOT / "recipes" / f"{recipe}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path(f"_recipe_{recipe}", ROOT / "recipes" / f"{recipe}.py")
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -209,41 +197,33 @@ def test_memory_recipe_end_to_end(tmp_path, method):
     assert read_csv(trainer.run_dir / "train.csv")[-1]["success_recent"] != ""
 
 
+def _suite_runs(methods: dict[str, tuple[str, ...]]) -> list:
+    """(recipe, method) parameters, each marked with its suite's marker."""
+    return [
+        pytest.param(recipe, method, marks=getattr(pytest.mark, recipe))
+        for recipe, names in methods.items()
+        for method in names
+    ]
+
+
 # (method=recurrent: 2 envs x 32 learning-start transitions = 16 steps each >= 8 + 3)
-@pytest.mark.vizdoom
-@pytest.mark.parametrize("method", ["rise", "recurrent"])
-def test_vizdoom_recipe_end_to_end(tmp_path, method):
-    pytest.importorskip("vizdoom")
-    trainer = Trainer(make_cfg("vizdoom", tmp_path, f"method={method}"))
+@pytest.mark.parametrize(
+    ("recipe", "method"),
+    _suite_runs(
+        {
+            "vizdoom": ("rise", "recurrent"),
+            "procgen": ("btr", "recurrent"),
+            "miniworld": ("rise", "recurrent"),
+            "memorygym": ("rise", "recurrent"),
+        }
+    ),
+)
+def test_suite_recipe_end_to_end(tmp_path, recipe, method):
+    pytest.importorskip(SIMULATORS[recipe])
+    frames = 512 if recipe == "procgen" else 256  # the others' total_frames=256 is in FAST
+    trainer = Trainer(make_cfg(recipe, tmp_path, f"total_frames={frames}", f"method={method}"))
     trainer.run()
-    check_run(trainer.run_dir, method=method, frames=256)
-
-
-@pytest.mark.procgen
-@pytest.mark.parametrize("method", ["btr", "recurrent"])
-def test_procgen_recipe_end_to_end(tmp_path, method):
-    pytest.importorskip("procgen")
-    trainer = Trainer(make_cfg("procgen", tmp_path, "total_frames=512", f"method={method}"))
-    trainer.run()
-    check_run(trainer.run_dir, method=method, frames=512)
-
-
-@pytest.mark.miniworld
-@pytest.mark.parametrize("method", ["rise", "recurrent"])
-def test_miniworld_recipe_end_to_end(tmp_path, method):
-    pytest.importorskip("miniworld")
-    trainer = Trainer(make_cfg("miniworld", tmp_path, f"method={method}"))
-    trainer.run()
-    check_run(trainer.run_dir, method=method, frames=256)
-
-
-@pytest.mark.memorygym
-@pytest.mark.parametrize("method", ["rise", "recurrent"])
-def test_memorygym_recipe_end_to_end(tmp_path, method):
-    pytest.importorskip("memory_gym")
-    trainer = Trainer(make_cfg("memorygym", tmp_path, f"method={method}"))
-    trainer.run()
-    check_run(trainer.run_dir, method=method, frames=256)
+    check_run(trainer.run_dir, method=method, frames=frames)
 
 
 CPU_PRESETS = {"vizdoom": "cpu_vizdoom", "miniworld": "cpu_miniworld", "memorygym": "cpu_memorygym"}
@@ -338,36 +318,20 @@ def test_stop_request_checkpoints_flushes_and_summarises(tmp_path):
 @pytest.mark.atari
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "atari.py"),
+    cmd = recipe_cmd(
+        "atari",
         "preset=tiny",
         *FAST["atari"],
         "method=btr",
         "total_frames=10_000_000",
         "eval.interval_frames=10_000_000",
         f"logging.run_dir={run_dir}",
-    ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            train_csv = run_dir / "train.csv"
-            if train_csv.exists() and len(train_csv.read_text().splitlines()) >= 3:
-                break
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run logged nothing within 180 s")
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out.decode()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    returncode, out = signal_once_logging(
+        cmd, run_dir, signal.SIGINT, cwd=tmp_path, env=env, wait_s=180, poll_s=0.2
+    )
+    assert returncode == 0, out.decode()
     summary = check_run(
         run_dir,
         method="btr",
@@ -504,24 +468,6 @@ def test_resume_falls_back_loudly_from_a_damaged_latest_and_logs_each_frame_once
     check_run(run, method="btr", frames=1024)
 
 
-def _hook_updates(monkeypatch, after_update):
-    """Call ``after_update(trainer, learner)`` after every batch of updates of the run's learner."""
-    real = Trainer._learner
-
-    def learner(self, comps):
-        built = real(self, comps)
-        update = built.update
-
-        def hooked(n_updates=1):
-            update(n_updates)
-            after_update(self, built)
-
-        built.update = hooked
-        return built
-
-    monkeypatch.setattr(Trainer, "_learner", learner)
-
-
 @needs_memory
 def test_error_inside_a_step_writes_no_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
@@ -530,7 +476,7 @@ def test_error_inside_a_step_writes_no_checkpoint(tmp_path, monkeypatch):
         if trainer.counters.frames > 300:
             raise RuntimeError("boom inside the step")
 
-    _hook_updates(monkeypatch, after_update)
+    hook_updates(monkeypatch, after_update)
     with pytest.raises(RuntimeError, match="boom"):
         train(_short(tmp_path, run))
     summary = _summary(run)
@@ -576,7 +522,7 @@ def test_non_finite_weights_never_replace_the_only_good_checkpoint(tmp_path, mon
             for state in learner.optimizer.state.values():
                 state["exp_avg"].fill_(float("nan"))
 
-    _hook_updates(monkeypatch, after_update)
+    hook_updates(monkeypatch, after_update)
     with pytest.raises(ValueError, match="NaN/inf"):
         train(_short(tmp_path, run, "checkpoint.keep=1", "total_frames=768"))
     good = load_checkpoint(run)
@@ -725,7 +671,7 @@ def test_disk_budget_counts_the_checkpoints_kept_at_once(tmp_path, monkeypatch):
 def test_recipe_help_lists_the_presets(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "memory.py"), "--help"],
+        recipe_cmd("memory", "--help"),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -743,7 +689,7 @@ def test_recipe_runs_as_a_script_from_its_folder(tmp_path, recipe):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--help"],
+        recipe_cmd(recipe, "--help"),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -759,13 +705,12 @@ def test_a_multirun_writes_nothing_in_the_working_directory(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "recipes" / "memory.py"),
+        recipe_cmd(
+            "memory",
             "--multirun",
             "env.num_envs=-1",  # fails at validation: no training
             f"logging.root={tmp_path / 'runs'}",
-        ],
+        ),
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.helpers import load_by_path
 from torchrl_rise.modules import RecurrentQStep
 from torchrl_rise.objectives import SequenceIQNLoss
 from torchrl_rise.replay import SequenceReplayBuffer
@@ -216,15 +217,11 @@ def test_a_sampled_batch_is_sequences(tmp_path):
 
 def test_benchmark_grid_accepts_recurrent_and_names_the_methods():
     pytest.importorskip("rliable", reason="the grid's report needs rliable")
-    import importlib.util
     import sys
 
     from omegaconf import OmegaConf
 
-    spec = importlib.util.spec_from_file_location("_bench_rec", ROOT / "recipes" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(bench)
+    bench = load_by_path("_bench_rec", ROOT / "recipes" / "benchmark.py", sys.modules.__setitem__)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="benchmark", overrides=["methods=[rise,btr,recurrent]"])
         bad = compose(config_name="benchmark", overrides=["methods=[rise,recurrent_baseline]"])

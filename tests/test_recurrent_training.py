@@ -15,6 +15,7 @@ from torchrl.collectors import Collector
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules.utils import get_env_transforms_from_module
 
+from tests.helpers import replay_update
 from torchrl_rise.envs import make_env
 from torchrl_rise.modules import make_q_network, make_recurrent_actor
 from torchrl_rise.objectives import HardTargetUpdate, SequenceIQNLoss
@@ -53,13 +54,8 @@ def train(tmp_path, *, frames: int, seed: int = 0, eval_episodes: int = 64) -> d
         if len(rb) < 64:
             continue
         for _ in range(2):
-            sample = rb.sample()
-            out = loss(sample)
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
+            _, out = replay_update(loss, opt, rb)
             target.step()
-            rb.update_tensordict_priority(sample)
             losses.append(out["loss"].item())
     collector.shutdown()
     rb.close()

@@ -41,7 +41,8 @@ def make_batch(E: int, T: int, *, S: int = 2, D: int = 4, end_every: int = 0, se
     )
 
 
-def make_rb(tmp_path, *, capacity=64, E=2, **kwargs):
+def make_rb(tmp_path, *, capacity=64, E=2, cls=RiseReplayBuffer, **kwargs):
+    """A small ``cls`` (a RiseReplayBuffer class) of 3x3 frames; ``kwargs`` override its options."""
     opts = dict(
         frame_shape=(1, 3, 3),
         frame_stack=2,
@@ -54,7 +55,7 @@ def make_rb(tmp_path, *, capacity=64, E=2, **kwargs):
         seed=1,
     )
     opts.update(kwargs)
-    return RiseReplayBuffer(capacity, E, **opts)
+    return cls(capacity, E, **opts)
 
 
 def assert_same(a: TensorDict, b: TensorDict) -> None:

@@ -188,19 +188,7 @@ def test_a_subclass_with_the_two_argument_gather_still_samples_and_prefetches(tm
             out["legacy"] = torch.ones(index.numel())
             return out
 
-    rb = Legacy(
-        64,
-        2,
-        frame_shape=(1, 3, 3),
-        frame_stack=2,
-        embedding_dim=4,
-        context_length=3,
-        n_step=2,
-        batch_size=8,
-        scratch_dir=tmp_path / "s",
-        seed=1,
-        reuse_output=True,
-    )
+    rb = make_rb(tmp_path, cls=Legacy, gamma=0.997, scratch_dir=tmp_path / "s", reuse_output=True)
     rb.extend(make_batch(2, 20))
     assert (rb.sample()["legacy"] == 1).all()
     with Prefetcher(rb) as batches:

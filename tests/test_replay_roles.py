@@ -12,6 +12,7 @@ from tensordict import TensorDict
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.envs import ExcludeTransform
 
+from tests.test_replay import make_rb as make_small_rb
 from torchrl_rise import keys
 from torchrl_rise.replay import Prefetcher, ReadinessSampler, RiseReplayBuffer, SequenceReplayBuffer
 from torchrl_rise.replay.composition import ComposedReplay
@@ -20,17 +21,9 @@ REPLAY = Path(__file__).resolve().parents[1] / "torchrl_rise" / "replay"
 
 
 def make_rb(tmp_path, **kwargs) -> RiseReplayBuffer:
-    options = dict(
-        frame_shape=(1, 4, 4),
-        frame_stack=2,
-        embedding_dim=4,
-        context_length=3,
-        n_step=2,
-        batch_size=8,
-        seed=0,
-        scratch_dir=tmp_path / "scratch",
-    )
-    return RiseReplayBuffer(64, 2, **{**options, **kwargs})
+    """tests/test_replay.py's small replay, on 4x4 frames."""
+    options = dict(frame_shape=(1, 4, 4), gamma=0.997, seed=0, scratch_dir=tmp_path / "scratch")
+    return make_small_rb(tmp_path, **{**options, **kwargs})
 
 
 def make_batch(E: int, T: int, seed: int = 0) -> TensorDict:

@@ -42,6 +42,14 @@ def fill(rb, batches, *, seed=0, T=7, end_every=3):
             rb.update_tensordict_priority(batch)
 
 
+def loaded(dump: Path, scratch_dir: Path, **kwargs):
+    """A new buffer (``make_rb`` with ``kwargs``, its scratch in ``scratch_dir``) loaded from
+    ``dump``."""
+    rb = make_rb(scratch_dir, scratch_dir=scratch_dir, **kwargs)
+    rb.loads(dump)
+    return rb
+
+
 def assert_same_buffer(a, b):
     """Every stored field, readiness, priorities, cursors and the next sample."""
     assert a._fields.keys() == b._fields.keys()
@@ -299,27 +307,22 @@ def test_incremental_dumps_are_exact(tmp_path):
     fill(rb, 1, seed=2)  # more writes after the last dump must not leak into it
 
     for k in moments:
-        inc = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / f"si{k}", seed=5)
-        inc.loads(tmp_path / f"inc{k}")
-        ful = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / f"sf{k}", seed=6)
-        ful.loads(tmp_path / f"full{k}")
+        inc = loaded(tmp_path / f"inc{k}", tmp_path / f"si{k}", chunk_records=chunk, seed=5)
+        ful = loaded(tmp_path / f"full{k}", tmp_path / f"sf{k}", chunk_records=chunk, seed=6)
         assert_same_buffer(inc, ful)
         inc.close()
         ful.close()
 
     # A buffer loaded from a store dump dumps incrementally into the same store.
-    resumed = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "resumed")
-    resumed.loads(tmp_path / "inc2")
+    resumed = loaded(tmp_path / "inc2", tmp_path / "resumed", chunk_records=chunk)
     old = resumed._lane_next.clone()
     resumed.extend(make_batch(2, 2, seed=9))
     dirty = written_chunks(resumed, old, chunk)
     stats = resumed.dumps(tmp_path / "inc3", chunk_store=store)
     assert stats["files_written"] == len(dirty) + 3 and stats["files_reused"] == 9 - len(dirty)
     resumed.dumps(tmp_path / "full3")
-    a = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "a3")
-    a.loads(tmp_path / "inc3")
-    b = make_rb(tmp_path, chunk_records=chunk, scratch_dir=tmp_path / "b3")
-    b.loads(tmp_path / "full3")
+    a = loaded(tmp_path / "inc3", tmp_path / "a3", chunk_records=chunk)
+    b = loaded(tmp_path / "full3", tmp_path / "b3", chunk_records=chunk)
     assert_same_buffer(a, b)
     # A dump into another store, or a self-contained one, writes everything.
     assert resumed.dumps(tmp_path / "other", chunk_store=tmp_path / "store2")["files_reused"] == 0
@@ -336,8 +339,7 @@ def test_a_chunk_gone_from_the_store_is_written_again(tmp_path, caplog):
         stats = rb.dumps(tmp_path / "d2", chunk_store=store)
     assert gone in caplog.text and "again" in caplog.text
     assert stats["files_written"] == 1 + 3 and stats["files_reused"] == 9 - 1
-    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
-    b.loads(tmp_path / "d2")
+    b = loaded(tmp_path / "d2", tmp_path / "b", chunk_records=8)
     assert_same_buffer(rb, b)
 
 
@@ -345,8 +347,7 @@ def test_other_chunk_size_loads_and_next_dump_is_full(tmp_path):
     rb = make_rb(tmp_path, chunk_records=8)
     fill(rb, 3)
     rb.dumps(tmp_path / "ckpt", chunk_store=tmp_path / "store")
-    other = make_rb(tmp_path, chunk_records=5, scratch_dir=tmp_path / "s2")
-    other.loads(tmp_path / "ckpt")
+    other = loaded(tmp_path / "ckpt", tmp_path / "s2", chunk_records=5)
     for name in rb._fields:
         assert torch.equal(rb._fields[name], other._fields[name])
     stats = other.dumps(tmp_path / "ckpt2", chunk_store=tmp_path / "store")
@@ -394,10 +395,8 @@ def test_crash_during_a_dump_leaves_the_previous_dump_loadable(tmp_path, monkeyp
     with pytest.raises(OSError, match="simulated"):
         rb.dumps(ckpt, chunk_store=store)  # the same directory: replaced only when complete
     monkeypatch.undo()
-    a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "a")
-    a.loads(ckpt)
-    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
-    b.loads(tmp_path / "full_before")
+    a = loaded(ckpt, tmp_path / "a", chunk_records=8)
+    b = loaded(tmp_path / "full_before", tmp_path / "b", chunk_records=8)
     assert_same_buffer(a, b)
     assert prune_chunk_store(store, keep=[ckpt]) > 0  # the crashed dump's chunks
     # The failed dump did not reset the bookkeeping: the next dump holds everything written.
@@ -407,10 +406,8 @@ def test_crash_during_a_dump_leaves_the_previous_dump_loadable(tmp_path, monkeyp
     assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("state-")) == [
         json.loads((ckpt / snapshot_module.MANIFEST).read_text())["state"]["file"]
     ]
-    c = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "c")
-    c.loads(ckpt)
-    d = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "d")
-    d.loads(tmp_path / "full_after")
+    c = loaded(ckpt, tmp_path / "c", chunk_records=8)
+    d = loaded(tmp_path / "full_after", tmp_path / "d", chunk_records=8)
     assert_same_buffer(c, d)
 
 
@@ -440,10 +437,8 @@ def test_consecutive_dumps_share_no_chunk_file_and_stay_incremental(tmp_path):
         dumps.append(tmp_path / f"d{k}")
         stats.append(rb.dumps(dumps[-1], chunk_store=store, share_with_previous=False))
         rb.dumps(tmp_path / f"full{k}")
-        a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / f"a{k}")
-        a.loads(dumps[-1])
-        b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / f"b{k}")
-        b.loads(tmp_path / f"full{k}")
+        a = loaded(dumps[-1], tmp_path / f"a{k}", chunk_records=8)
+        b = loaded(tmp_path / f"full{k}", tmp_path / f"b{k}", chunk_records=8)
         assert_same_buffer(a, b)
         a.close()
         b.close()
@@ -476,8 +471,7 @@ def test_a_moved_dump_reads_only_its_own_store(tmp_path, caplog):
         make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "s1").loads(copy / "ckpt")
     shutil.copy2(original / "store" / first, copy / "store" / first)
     shutil.rmtree(original)
-    moved = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "s2")
-    moved.loads(copy / "ckpt")
+    moved = loaded(copy / "ckpt", tmp_path / "s2", chunk_records=8)
     assert_same_buffer(moved, rb)
     # and its next dump into its own store is incremental
     assert moved.dumps(copy / "ckpt2", chunk_store=copy / "store")["files_written"] == 3
@@ -491,9 +485,7 @@ def test_old_manifests_with_an_absolute_store_still_load(tmp_path, caplog):
     rb.dumps(tmp_path / "full")
 
     def reference(name):
-        ref = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / name)
-        ref.loads(tmp_path / "full")
-        return ref
+        return loaded(tmp_path / "full", tmp_path / name, chunk_records=8)
 
     manifest_file = dump / snapshot_module.MANIFEST
     manifest = json.loads(manifest_file.read_text())
@@ -504,15 +496,13 @@ def test_old_manifests_with_an_absolute_store_still_load(tmp_path, caplog):
     shutil.copytree(dump, moved)
     (moved / snapshot_module.MANIFEST).write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING, logger=snapshot_module.__name__):
-        a = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "a")
-        a.loads(moved)
+        a = loaded(moved, tmp_path / "a", chunk_records=8)
     assert_same_buffer(a, reference("ra"))
     assert f"reading its chunks from {store}" in caplog.text and "outside" in caplog.text
     # the absolute path gone (the run dir moved as a whole): the relative location is used
     manifest["chunk_store_absolute"] = str(tmp_path / "gone" / "store")
     manifest_file.write_text(json.dumps(manifest))
     caplog.clear()
-    b = make_rb(tmp_path, chunk_records=8, scratch_dir=tmp_path / "b")
-    b.loads(dump)
+    b = loaded(dump, tmp_path / "b", chunk_records=8)
     assert_same_buffer(b, reference("rb"))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

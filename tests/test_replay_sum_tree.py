@@ -9,7 +9,6 @@ from torchrl.data.replay_buffers.samplers import MinSegmentTreeFp32, SumSegmentT
 
 from torchrl_rise.replay import (
     ReadinessSampler,
-    RiseReplayBuffer,
     TorchMinTree,
     TorchSumTree,
     _torchrl_adapter,
@@ -128,23 +127,11 @@ def test_torchrl_tree_is_cpu_only():
 
 @native
 def test_buffer_samples_identically_on_both_trees_and_dumps_move_between_them(tmp_path):
-    from tests.test_replay import make_batch
+    from tests.test_replay import make_batch, make_rb
 
     out = {}
     for tree in ("torchrl", "torch"):
-        rb = RiseReplayBuffer(
-            64,
-            2,
-            frame_shape=(1, 3, 3),
-            frame_stack=2,
-            embedding_dim=4,
-            context_length=3,
-            n_step=2,
-            batch_size=8,
-            scratch_dir=tmp_path / tree,
-            seed=1,
-            tree=tree,
-        )
+        rb = make_rb(tmp_path, gamma=0.997, scratch_dir=tmp_path / tree, tree=tree)
         rb.extend(make_batch(2, 20, end_every=7))
         batches = []
         for _ in range(4):

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.test_fault_injection import _memory_suite_available
+from tests.helpers import CONFIG_DIR, hook_updates, needs_memory
 from torchrl_rise.training import ConfigError, Trainer, load_checkpoint, train
 from torchrl_rise.training.checkpoint import RunInUseError, RunLock
 from torchrl_rise.training.loop import DiskFullError
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "recipes" / "config"
 SHORT = [
     "preset=tiny",
     "env.env_id=cue-L6",
@@ -33,9 +31,7 @@ SHORT = [
 ]
 
 
-pytestmark = pytest.mark.skipif(
-    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
-)
+pytestmark = needs_memory
 
 
 def _cfg(run: Path, *overrides: str):
@@ -53,22 +49,13 @@ def _frames(path: Path) -> list[int]:
 
 def _fail_before_the_first_checkpoint(monkeypatch, run: Path) -> None:
     """A run that dies inside a step at 128 frames: logs and config, no checkpoint at all."""
-    real = Trainer._learner
 
-    def learner(self, comps):
-        built = real(self, comps)
-        update = built.update
-
-        def hooked(n_updates=1):
-            update(n_updates)
-            if self.counters.frames >= 128:
-                raise RuntimeError("died before the first checkpoint")
-
-        built.update = hooked
-        return built
+    def after_update(trainer, learner):
+        if trainer.counters.frames >= 128:
+            raise RuntimeError("died before the first checkpoint")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_learner", learner)
+        hook_updates(patch, after_update)
         with pytest.raises(RuntimeError, match="died before"):
             train(_cfg(run))
     assert not list(run.glob("checkpoints/*frames_*"))

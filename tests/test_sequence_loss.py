@@ -10,6 +10,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from tests.helpers import replay_update
 from torchrl_rise.modules import make_q_network
 from torchrl_rise.objectives import IQNLoss, SequenceIQNLoss, sequence_bootstrap
 from torchrl_rise.replay import SequenceReplayBuffer
@@ -208,12 +209,7 @@ def test_update_step_on_the_replay_lowers_the_loss_on_a_fixed_batch(tmp_path):
     fixed = rb.sample()
     first = loss(fixed.clone())["loss"].item()
     for _ in range(40):
-        batch = rb.sample()
-        out = loss(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        rb.update_tensordict_priority(batch)
+        batch, out = replay_update(loss, opt, rb)
         assert batch["td_error"].shape == (6,) and math.isfinite(out["loss"].item())
     assert loss(fixed.clone())["loss"].item() < first
     tree = rb.sampler.tree_values(rb.sampleable_index())

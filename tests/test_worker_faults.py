@@ -18,16 +18,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_fault_injection import _memory_suite_available
+from tests.helpers import CONFIG_DIR, child_env, needs_memory, recipe_cmd
 from torchrl_rise.training import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 HANG_S = 240.0  # generous: a loaded 2-core machine needs ~30 s to spawn two workers
 NUM_ENVS = 4
 OVERRIDES = [
@@ -44,22 +42,14 @@ OVERRIDES = [
     "eval.final=false",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not _memory_suite_available(), reason="the memory suite of torchrl_rise.envs is not available"
-)
+pytestmark = needs_memory
 
 
 def _start(run_dir: Path, total_frames: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "memory.py"),
-        *OVERRIDES,
-        f"total_frames={total_frames}",
-        f"logging.run_dir={run_dir}",
-        *extra,
-    ]
+    env = child_env()
+    cmd = recipe_cmd(
+        "memory", *OVERRIDES, f"total_frames={total_frames}", f"logging.run_dir={run_dir}", *extra
+    )
     return subprocess.Popen(
         cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -200,17 +190,6 @@ def test_sigterm_while_blocked_on_a_stopped_worker_ends_the_run_with_a_checkpoin
 # ------------------------------------------------------------------------ a Ray actor killed -9
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _kill_an_actor_at_push(monkeypatch, ray, *, push: int) -> list[int]:
     """SIGKILL worker 0's actor process just before the ``push``-th weight push: after the
     step's extend and updates, where the dead actor used to cost the unsaved work."""
@@ -238,7 +217,7 @@ def _ray_trainer(tmp_path: Path, total: int, *extra: str):
 
     from torchrl_rise.training import Trainer
 
-    with initialize_config_dir(config_dir=str(ROOT / "recipes" / "config"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             config_name="memory",
             overrides=[
