@@ -296,11 +296,12 @@ def test_gate_bias_init_sets_where_the_gate_starts():
 
 
 def test_context_proj_zero_init_starts_the_gate_constant_but_trainable():
+    paper = dict(fusion_init="paper", **SMALL)
     torch.manual_seed(0)
-    plain = make_q_network("rise", num_actions=4, in_channels=4, **SMALL)
+    plain = make_q_network("rise", num_actions=4, in_channels=4, **paper)
     torch.manual_seed(0)
     zeroed = make_q_network(
-        "rise", num_actions=4, in_channels=4, context_proj_zero_init=True, **SMALL
+        "rise", num_actions=4, in_channels=4, context_proj_zero_init=True, **paper
     )
     differ = [
         name
@@ -336,6 +337,19 @@ def test_gate_scale_two_with_a_zero_projection_starts_as_btr_and_stays_trainable
     torch.testing.assert_close(out["rise_gate"], torch.full_like(out["rise_gate"], 0.5))
     out["quantiles"].sum().backward()
     assert rise.context.proj.weight.grad.abs().sum() > 0
+
+
+def test_the_fusion_starts_as_identity_by_default_and_the_paper_start_is_a_named_option():
+    net = make_q_network("rise", num_actions=4, in_channels=4, **SMALL)
+    assert net.fusion.gate_scale == 2.0
+    assert not net.context.proj.weight.any() and not net.context.proj.bias.any()
+    paper = make_q_network("rise", num_actions=4, in_channels=4, fusion_init="paper", **SMALL)
+    assert paper.fusion.gate_scale == 1.0 and paper.context.proj.weight.any()
+    # add / concat: the identity start is a zero context term
+    added = make_q_network("rise", num_actions=4, in_channels=4, fusion="add", **SMALL)
+    assert added.fusion.gate_scale == 1.0 and not added.context.proj.weight.any()
+    with pytest.raises(ValueError, match="fusion_init must be one of"):
+        make_q_network("rise", num_actions=4, in_channels=4, fusion_init="zero", **SMALL)
 
 
 def test_gate_scale_is_refused_where_it_means_nothing():

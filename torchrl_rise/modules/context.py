@@ -4,13 +4,72 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["FUSION_MODES", "ContextLSTM", "StreamFusion", "left_align_window"]
+__all__ = [
+    "FUSION_INITS",
+    "FUSION_MODES",
+    "ContextLSTM",
+    "FusionInit",
+    "StreamFusion",
+    "left_align_window",
+    "resolve_fusion_init",
+]
 
 FUSION_MODES = ("gate", "concat", "add")
+FUSION_INITS = ("identity", "paper")
+
+
+@dataclass(frozen=True)
+class FusionInit:
+    """How the context stream's fusion starts: the gate's scale and the projection's init."""
+
+    gate_scale: float
+    proj_bias: float | None
+    proj_zero_weight: bool
+
+
+def resolve_fusion_init(
+    fusion_init: str,
+    *,
+    fusion: str,
+    gate_scale: float | None = None,
+    gate_bias_init: float | None = None,
+    context_proj_zero_init: bool | None = None,
+) -> FusionInit:
+    """The fusion's start from ``fusion_init``, with any of its three settings given explicitly.
+
+    - ``"identity"`` (the default): the context projection's weight and bias start at zero and
+      the gate is ``2 * sigmoid(c)``, so the fused features start equal to the CNN's (gate
+      exactly 1; a zero context term for ``add``/``concat``): the network starts as BTR's, and
+      the gate's slope there is the sigmoid's steepest, so the stream learns from the first
+      update (docs/results.md, "Ablations").
+    - ``"paper"``: the RISE paper's gate as far as it is specified, a plain sigmoid
+      (``gate_scale=1``) after a projection with PyTorch's default initialisation (the gate
+      starts near 0.5).
+
+    Example:
+        >>> resolve_fusion_init("identity", fusion="gate")
+        FusionInit(gate_scale=2.0, proj_bias=0.0, proj_zero_weight=True)
+        >>> resolve_fusion_init("paper", fusion="gate", gate_bias_init=3.0).proj_bias
+        3.0
+    """
+    if fusion_init not in FUSION_INITS:
+        raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {fusion_init!r}.")
+    check_gate_bias_init(gate_bias_init, fusion)
+    if gate_scale is not None:
+        check_gate_scale(gate_scale, fusion)
+    identity = fusion_init == "identity"
+    if gate_scale is None:
+        gate_scale = 2.0 if identity and fusion == "gate" else 1.0
+    if gate_bias_init is None and identity:
+        gate_bias_init = 0.0
+    if context_proj_zero_init is None:
+        context_proj_zero_init = identity
+    return FusionInit(float(gate_scale), gate_bias_init, bool(context_proj_zero_init))
 
 
 def check_gate_bias_init(gate_bias_init: float | None, fusion: str) -> None:

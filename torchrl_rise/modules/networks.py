@@ -18,12 +18,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from torchrl_rise import keys
-from torchrl_rise.modules.context import (
-    FUSION_MODES,
-    ContextLSTM,
-    check_gate_bias_init,
-    check_gate_scale,
-)
+from torchrl_rise.modules.context import FUSION_MODES, ContextLSTM, resolve_fusion_init
 from torchrl_rise.modules.impala import ImpalaCNN
 from torchrl_rise.modules.iqn import DuelingIQNHead
 from torchrl_rise.modules.stream import RiseContextStream
@@ -92,25 +87,14 @@ class IQNNetworkBase(TensorDictModuleBase):
         )
 
 
-def _check_context_options(
-    *,
-    use_context: bool,
-    fusion: str,
-    gate_position: str,
-    context_length: int | None,
-    gate_bias_init: float | None,
-    gate_scale: float,
-) -> None:
-    """Refuse context-stream options that mean nothing (the gate's only with a context stream)."""
+def _check_context_options(*, fusion: str, gate_position: str, context_length: int | None) -> None:
+    """Refuse context-stream options that mean nothing."""
     if fusion not in FUSION_MODES:
         raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
     if gate_position not in GATE_POSITIONS:
         raise ValueError(f"gate_position must be one of {GATE_POSITIONS}, got {gate_position!r}.")
     if context_length is not None and context_length < 1:
         raise ValueError(f"context_length must be >= 1 or None, got {context_length}.")
-    if use_context:  # like lstm_hidden and fusion, ignored without a context stream
-        check_gate_bias_init(gate_bias_init, fusion)
-        check_gate_scale(gate_scale, fusion)
 
 
 class RiseQNetwork(IQNNetworkBase):
@@ -149,15 +133,21 @@ class RiseQNetwork(IQNNetworkBase):
         fusion: ``"gate"`` (sigmoid gate, RISE), ``"concat"`` or ``"add"``.
         gate_position: ``"post_pool"`` (fuse the 2304 pooled features) or ``"pre_pool"`` (the
             ``[C, h, w]`` map before the adaptive max-pool).
-        gate_bias_init: the initial bias of the context projection, so the gate starts at
-            ``gate_scale * sigmoid(gate_bias_init)`` (gate fusion only); ``None`` keeps
-            PyTorch's default initialisation (docs/network.md, "The gate").
-        context_proj_zero_init: the context projection's weight starts at zero, so the fused
-            context term starts constant instead of carrying the untrained LSTM's output, while
-            gradients still reach the stream.
+        fusion_init: how the fusion starts. ``"identity"`` (default): the context
+            projection starts at zero and the gate is ``2 * sigmoid(c)``, so the network starts
+            as BTR's exactly (gate 1) and the stream gets the sigmoid's steepest gradient;
+            ``"paper"``: the paper's plain sigmoid gate after a projection with PyTorch's default
+            initialisation (gate near 0.5 at the start). docs/network.md, "The gate", and
+            docs/results.md, "Ablations", say why the default differs from the paper.
+        gate_bias_init: overrides the initial bias of the context projection (gate fusion
+            only): the gate starts at ``gate_scale * sigmoid(gate_bias_init)``.
+        context_proj_zero_init: overrides whether the context projection's weight starts at
+            zero (the fused context term then starts constant, while gradients still reach the
+            stream).
         mute_context: an ablation: the context stream switched off (gate held at 1, or a zero
             context term for ``concat``/``add``) on the unchanged rise network and data path.
-        gate_scale: the gate is ``gate_scale * sigmoid(c)`` (gate fusion only; the paper: 1).
+        gate_scale: overrides the gate's scale: the gate is ``gate_scale * sigmoid(c)`` (gate
+            fusion only).
         num_taus: taus sampled per forward (settable later through ``net.num_taus``).
         num_cosines: cosine features of the tau embedding.
         mlp_hidden: width of the dueling head's dense layers (BTR: 512).
@@ -198,10 +188,11 @@ class RiseQNetwork(IQNNetworkBase):
         lstm_hidden: int = 256,
         fusion: str = "gate",
         gate_position: str = "post_pool",
+        fusion_init: str = "identity",
         gate_bias_init: float | None = None,
-        context_proj_zero_init: bool = False,
+        context_proj_zero_init: bool | None = None,
         mute_context: bool = False,
-        gate_scale: float = 1.0,
+        gate_scale: float | None = None,
         num_taus: int = 8,
         num_cosines: int = 64,
         mlp_hidden: int = 512,
@@ -219,12 +210,15 @@ class RiseQNetwork(IQNNetworkBase):
     ) -> None:
         super().__init__(num_taus=num_taus)
         _check_context_options(
-            use_context=use_context,
+            fusion=fusion, gate_position=gate_position, context_length=context_length
+        )
+        # like lstm_hidden and fusion, the fusion's start is ignored without a context stream
+        start = resolve_fusion_init(
+            fusion_init if use_context else "paper",
             fusion=fusion,
-            gate_position=gate_position,
-            context_length=context_length,
-            gate_bias_init=gate_bias_init,
-            gate_scale=gate_scale,
+            gate_scale=gate_scale if use_context else None,
+            gate_bias_init=gate_bias_init if use_context else None,
+            context_proj_zero_init=context_proj_zero_init,
         )
         cnn = ImpalaCNN(
             in_channels,
@@ -247,8 +241,8 @@ class RiseQNetwork(IQNNetworkBase):
                 embedding_dim,
                 hidden=lstm_hidden,
                 out_features=math.prod(feature_shape),
-                out_bias=gate_bias_init,
-                zero_weight=context_proj_zero_init,
+                out_bias=start.proj_bias,
+                zero_weight=start.proj_zero_weight,
             )
             if use_context
             else None
@@ -271,7 +265,7 @@ class RiseQNetwork(IQNNetworkBase):
             feature_shape=feature_shape,
             fusion=fusion,
             mute_context=mute_context,
-            gate_scale=gate_scale,
+            gate_scale=start.gate_scale,
         )
         self.num_actions = num_actions
         self.emit_gate = emit_gate and use_context and fusion == "gate"
@@ -588,6 +582,7 @@ CONTEXT_STREAM_OPTIONS = frozenset(
         "context_length",
         "fusion",
         "gate_position",
+        "fusion_init",
         "gate_bias_init",
         "gate_scale",
         "context_proj_zero_init",

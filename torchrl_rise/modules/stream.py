@@ -24,8 +24,7 @@ from torchrl_rise.modules.context import (
     FUSION_MODES,
     ContextLSTM,
     StreamFusion,
-    check_gate_bias_init,
-    check_gate_scale,
+    resolve_fusion_init,
 )
 
 __all__ = ["RiseContextModule", "RiseContextStream"]
@@ -81,16 +80,19 @@ class RiseContextStream(nn.Module):
             module to use instead of the default :class:`ContextLSTM`.
         return_gate: ``forward`` returns ``(output, gate)`` with the flattened gate ``[..., F]``
             (gate fusion only) for :func:`~torchrl_rise.modules.gate_statistics`.
-        gate_bias_init: initial bias of the default :class:`ContextLSTM`'s output projection, so
-            the gate starts at ``sigmoid(gate_bias_init)`` (gate fusion only); ``None`` keeps
-            PyTorch's default initialisation (the paper's setting, as far as it says).
-        context_proj_zero_init: start the default :class:`ContextLSTM`'s output projection
-            weight at zero (the fused context term starts constant; an ablation).
+        fusion_init: how the fusion starts: ``"identity"`` (the fused features start equal to
+            the CNN's: gate exactly 1, a zero context term for ``add``/``concat``) or
+            ``"paper"`` (a plain sigmoid gate, PyTorch's default initialisation); see
+            :func:`~torchrl_rise.modules.context.resolve_fusion_init`. With a prebuilt
+            ``context_module`` it sets only the gate's scale: initialise the module yourself.
+        gate_bias_init: overrides ``fusion_init``'s initial bias of the default
+            :class:`ContextLSTM`'s output projection (gate fusion only).
+        context_proj_zero_init: overrides whether that projection's weight starts at zero.
         mute_context: the ablation "context stream off": the gate is held at 1 (the context term
             is zero for ``concat``/``add``) and the context module is not run
             (:class:`StreamFusion`).
-        gate_scale: the gate is ``gate_scale * sigmoid(c)`` (gate fusion only; the paper: 1;
-            see :class:`StreamFusion`).
+        gate_scale: overrides ``fusion_init``'s gate scale: the gate is
+            ``gate_scale * sigmoid(c)`` (gate fusion only; see :class:`StreamFusion`).
 
     Example:
         >>> import torch
@@ -117,16 +119,22 @@ class RiseContextStream(nn.Module):
         fusion: str = "gate",
         context_module: nn.Module | None = None,
         return_gate: bool = False,
+        fusion_init: str = "identity",
         gate_bias_init: float | None = None,
-        context_proj_zero_init: bool = False,
+        context_proj_zero_init: bool | None = None,
         mute_context: bool = False,
-        gate_scale: float = 1.0,
+        gate_scale: float | None = None,
     ) -> None:
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
-        check_gate_bias_init(gate_bias_init, fusion)
-        check_gate_scale(gate_scale, fusion)
+        start = resolve_fusion_init(
+            fusion_init,
+            fusion=fusion,
+            gate_scale=gate_scale,
+            gate_bias_init=gate_bias_init,
+            context_proj_zero_init=context_proj_zero_init,
+        )
         if (gate_bias_init is not None or context_proj_zero_init) and context_module is not None:
             raise ValueError(
                 "gate_bias_init and context_proj_zero_init initialise the default ContextLSTM; "
@@ -148,13 +156,15 @@ class RiseContextStream(nn.Module):
                 embedding_dim,
                 hidden=lstm_hidden,
                 out_features=math.prod(shape),
-                out_bias=gate_bias_init,
-                zero_weight=context_proj_zero_init,
+                out_bias=start.proj_bias,
+                zero_weight=start.proj_zero_weight,
             )
         # registration order = parameter order: features, context, head (optimizer states)
         self.feature_extractor = feature_extractor
         self.context = context_module
-        self.fusion = StreamFusion(fusion, shape, mute_context=mute_context, gate_scale=gate_scale)
+        self.fusion = StreamFusion(
+            fusion, shape, mute_context=mute_context, gate_scale=start.gate_scale
+        )
         self.head = head
         self.feature_shape = shape
         self.return_gate = bool(return_gate) and fusion == "gate"
