@@ -303,8 +303,9 @@ def test_noise_is_active_in_the_loss_and_resampled():
 
 
 def test_target_uses_the_next_states_context_window():
-    net = make_q_network("rise", num_actions=3, in_channels=4, **SMALL)
-    with torch.no_grad():  # a context stream that matters at init
+    # the paper's start: a context projection that is not zero, so the stream matters at init
+    net = make_q_network("rise", num_actions=3, in_channels=4, fusion_init="paper", **SMALL)
+    with torch.no_grad():
         net.context.proj.weight.mul_(100.0)
     # "target" log-policy: the target network runs once over the batched [s_t; s_{t+n}]
     loss = IQNLoss(net, resample_noise=False, munchausen_log_policy="target").eval()
