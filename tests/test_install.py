@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 import torchrl_rise
 
 
-def _pinned_torch() -> bool:
-    """Whether torch is the version pyproject.toml pins (the one torchrl's wheel is built for)."""
-    return torch.__version__.startswith("2.15.")
+def _torch_pin() -> SpecifierSet:
+    """pyproject.toml's torch requirement (the torch torchrl's wheel is built for)."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pins = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    return next(r.specifier for r in pins if r.name == "torch")
 
 
 @pytest.mark.skipif(
-    not _pinned_torch(),
-    reason=f"torch {torch.__version__} is not the pinned 2.15: torchrl's native extension is "
-    "built for another torch (the replay's PER uses tree='torch' there, docs/gpu.md)",
+    not _torch_pin().contains(torch.__version__.split("+")[0]),
+    reason=f"torch {torch.__version__} is not the pinned {_torch_pin()}: torchrl's native "
+    "extension is built for another torch (the replay's PER uses tree='torch' there, docs/gpu.md)",
 )
 def test_torchrl_native_extension_loads_and_prioritized_replay_works():
     from tensordict import TensorDict
