@@ -606,29 +606,24 @@ def test_golden_run_is_reproducible(tmp_path, method):
     assert compare(a, b) == []
 
 
+def _update(loss: float, index: list[int], batch: str, priority: str) -> dict[str, Any]:
+    """One update's record for the comparison tests (the priorities' sum equals the loss)."""
+    return {
+        "loss": loss,
+        "index": index,
+        "batch": batch,
+        "priority": priority,
+        "priority_sum": loss,
+        "outputs": "o",
+    }
+
+
 def test_compare_names_the_first_difference():
     """The comparison reports where a run left the golden path, field by field."""
     base = {
         "overrides": ["x"],
         "batch_keys": {"pixels": ["uint8", [2]], "index": ["int64", [2]]},
-        "updates": [
-            {
-                "loss": 1.0,
-                "index": [1, 2],
-                "batch": "aa",
-                "priority": "p",
-                "priority_sum": 1.0,
-                "outputs": "o",
-            },
-            {
-                "loss": 2.0,
-                "index": [3, 4],
-                "batch": "bb",
-                "priority": "q",
-                "priority_sum": 2.0,
-                "outputs": "o",
-            },
-        ],
+        "updates": [_update(1.0, [1, 2], "aa", "p"), _update(2.0, [3, 4], "bb", "q")],
         "detail": {"1": {"pixels": ["d1", 5.0], "index": ["i", 7.0]}},
         "weights": {"0": "w0"},
         "final": {"counters": {"frames": 8}},
@@ -651,16 +646,7 @@ def test_tolerant_compare_passes_rounding_and_names_what_goes_beyond_it():
     base = {
         "overrides": ["x"],
         "batch_keys": {"pixels": ["uint8", [2]], "weight": ["float32", [2]]},
-        "updates": [
-            {
-                "loss": 2.0,
-                "index": [3, 4],
-                "batch": "bb",
-                "priority": "q",
-                "priority_sum": 2.0,
-                "outputs": "o",
-            }
-        ],
+        "updates": [_update(2.0, [3, 4], "bb", "q")],
         "detail": {"0": {"pixels": ["d1", 5.0], "weight": ["w1", 1.5]}},
         "weights": {"0": "w0"},
         "final": {"counters": {"frames": 8}, "actor_state": "a", "evaluations": [{"mean": 0.5}]},
